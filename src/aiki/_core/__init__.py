@@ -1,0 +1,1 @@
+"""Pure domain: states, records, retry policies, serialization and clocks. No I/O."""

@@ -1,0 +1,243 @@
+"""Records that storage, server, client and worker pass between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from aiki._core.clock import to_datetime
+from aiki._core.ids import RunId, WorkerId
+from aiki._core.serde import JSONValue
+from aiki._core.states import RunState
+from aiki.errors import ErrorInfo
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowKey:
+    """A workflow definition: its name and version."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class WaitKind(StrEnum):
+    """Why a run is `waiting`."""
+
+    RETRY = "retry"  # a task's retry backoff
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitInfo:
+    """What a waiting run waits for, and until when."""
+
+    kind: WaitKind
+    until_ms: int
+    detail: str = ""  # e.g. the task being retried
+
+    @property
+    def until(self) -> datetime:
+        """When the wait ends (storage clock)."""
+        return to_datetime(self.until_ms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStatus:
+    """A run as stored: what `RunHandle.get_status()` returns.
+
+    `payload` and `result` are JSON values; a handle built from a typed workflow decodes
+    the result into the workflow's return type.
+    """
+
+    id: RunId
+    workflow: str
+    version: str
+    state: RunState
+    payload: JSONValue
+    result: JSONValue = None
+    error: ErrorInfo | None = None
+    idempotency_key: str | None = None
+    attempt: int = 0  # how many times a worker has taken the run
+    recovery_attempts: int = 0  # how many of those followed a lost lease
+    revision: int = 0
+    wait: WaitInfo | None = None
+    worker_id: WorkerId | None = None
+    lease_expires_at_ms: int | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    created_at_ms: int
+    updated_at_ms: int
+
+    @property
+    def name(self) -> str:
+        """The workflow's name (alias of `workflow`)."""
+        return self.workflow
+
+    @property
+    def created_at(self) -> datetime:
+        """When the run was enqueued."""
+        return to_datetime(self.created_at_ms)
+
+    @property
+    def updated_at(self) -> datetime:
+        """When the run last changed."""
+        return to_datetime(self.updated_at_ms)
+
+
+class EventKind(StrEnum):
+    """Entries of a run's history."""
+
+    ENQUEUED = "run_enqueued"
+    CLAIMED = "run_claimed"
+    RELEASED = "run_released"
+    LEASE_EXPIRED = "lease_expired"
+    SUSPENDED = "run_waiting"
+    WOKEN = "run_woken"
+    TASK_STARTED = "task_started"
+    TASK_COMPLETED = "task_completed"
+    TASK_FAILED = "task_failed"
+    CANCEL_REQUESTED = "cancel_requested"
+    COMPLETED = "run_completed"
+    FAILED = "run_failed"
+    CANCELLED = "run_cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HistoryEvent:
+    """One entry of a run's audit trail."""
+
+    seq: int
+    at_ms: int
+    kind: EventKind
+    state: RunState  # the run's state right after this event
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def at(self) -> datetime:
+        """When it happened (storage clock)."""
+        return to_datetime(self.at_ms)
+
+
+# --- requests and replies between client, server and storage ---------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRun:
+    """An enqueue request, its payload already validated and encoded."""
+
+    workflow: str
+    version: str
+    payload_json: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueued:
+    """The run an enqueue created or, for a known idempotency key, found."""
+
+    run: RunStatus
+    created: bool
+
+
+class TaskOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"  # final: the workflow sees TaskFailedError
+    RETRYING = "retrying"  # failed, another attempt will follow
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskAddress:
+    """Where a task call's result is recorded: its name, payload digest and occurrence.
+
+    The n-th call (from 0) with the same name and payload in a run gets `index` n, so
+    identical calls replay their own results, in call order.
+    """
+
+    task: str
+    digest: str
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRecord:
+    """What storage holds for one task address: the replay input."""
+
+    address: TaskAddress
+    outcome: TaskOutcome
+    attempts: int  # attempts that ended (completed or failed); interrupted ones don't count
+    result_json: str | None = None
+    error: ErrorInfo | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStart:
+    address: TaskAddress
+    attempt: int
+    worker_id: WorkerId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskEnd:
+    address: TaskAddress
+    attempt: int
+    worker_id: WorkerId
+    outcome: TaskOutcome
+    duration_ms: int
+    result_json: str | None = None
+    error: ErrorInfo | None = None
+    retry_delay_ms: int | None = None  # with RETRYING: when the next attempt is due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimedRun:
+    """A run a worker now holds, with everything it needs to replay it."""
+
+    run: RunStatus
+    revision: int
+    now_ms: int  # storage clock at the claim
+    tasks: tuple[TaskRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A worker's hold on a run: valid while the run's revision is still this one."""
+
+    run_id: RunId
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeartbeatReply:
+    lost: tuple[RunId, ...] = ()  # leases no longer held: stop working on these
+    cancel_requested: tuple[RunId, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunOutcome:
+    """How a worker ends a run."""
+
+    state: Literal[RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED]
+    result_json: str | None = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerReport:
+    """What one pass of the timers did."""
+
+    woken: tuple[RunId, ...] = ()
+    expired: tuple[RunId, ...] = ()  # lease lost; back to pending
+    ended: tuple[RunId, ...] = ()  # lease lost for the last allowed time, or cancelled: final
+    next_due_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    id: WorkerId
+    workflows: tuple[WorkflowKey, ...]
+    last_seen_ms: int

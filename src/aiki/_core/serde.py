@@ -1,0 +1,138 @@
+"""JSON for payloads and results: validation, canonical form, addresses and typed decoding.
+
+Payloads and results are JSON values or pydantic models. Everything else is refused here, before
+anything is stored, with an error that names the workflow or task and the offending type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, TypeAlias
+
+import pydantic
+
+from aiki.errors import PayloadError, PayloadTooLargeError
+
+JSONValue: TypeAlias = (
+    dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
+)
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def to_json_value(value: object, *, what: str) -> JSONValue:
+    """Return `value` as plain JSON data, or raise `PayloadError` naming `what` and the bad type.
+
+    Pydantic models become their JSON-mode dump. Tuples are refused like any other non-JSON
+    type: a tuple that came back as a list on replay would change the workflow's behaviour.
+    """
+    if isinstance(value, pydantic.BaseModel):
+        dumped: JSONValue = value.model_dump(mode="json")
+        return dumped
+    return _walk(value, what, "")
+
+
+def _walk(value: object, what: str, path: str) -> JSONValue:
+    if isinstance(value, str | bool | int) or value is None:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PayloadError(f"{what}: {value!r} at {path or 'top level'} is not a JSON number")
+        return value
+    if isinstance(value, dict):
+        out: dict[str, JSONValue] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise PayloadError(
+                    f"{what}: dict key {key!r} at {path or 'top level'} is a "
+                    f"{type(key).__name__}; JSON object keys must be str"
+                )
+            out[key] = _walk(item, what, f"{path}.{key}" if path else key)
+        return out
+    if isinstance(value, list):
+        return [_walk(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, pydantic.BaseModel):
+        nested: JSONValue = value.model_dump(mode="json")
+        return nested
+    raise PayloadError(
+        f"{what}: value of type {type(value).__qualname__} at {path or 'top level'} is not "
+        "JSON-serializable (use dict, list, str, int, float, bool, None or a pydantic model)"
+    )
+
+
+def dumps(value: JSONValue) -> str:
+    """Canonical JSON text: sorted keys, no spaces, so equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str) -> JSONValue:
+    """Parse JSON text stored by `dumps`."""
+    parsed: JSONValue = json.loads(text)
+    return parsed
+
+
+def encode(value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
+    """Validate `value` and return its canonical JSON text, refusing more than `limit` bytes."""
+    text = dumps(to_json_value(value, what=what))
+    check_size(text, what=what, limit=limit)
+    return text
+
+
+def check_size(text: str, *, what: str, limit: int) -> None:
+    """Raise `PayloadTooLargeError` if `text` is longer than `limit` bytes of UTF-8."""
+    # Most payloads are far below the limit; only count bytes when characters could exceed it.
+    if len(text) * 4 <= limit:
+        return
+    size = len(text.encode())
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"{what}: {size} bytes of JSON is over the limit of {limit} bytes",
+            size=size,
+            limit=limit,
+        )
+
+
+def digest(text: str) -> str:
+    """SHA-256 hex digest of canonical JSON text: the payload part of a task's address."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Decoder:
+    """Turns stored JSON back into the type a function is annotated with."""
+
+    __slots__ = ("_adapter",)
+
+    def __init__(self, annotation: Any) -> None:
+        self._adapter: pydantic.TypeAdapter[Any] | None = (
+            None if _is_plain_json(annotation) else _adapter_for(annotation)
+        )
+
+    def decode(self, value: JSONValue) -> Any:
+        """Validate `value` into the annotated type (plain JSON passes through unchanged)."""
+        if self._adapter is None:
+            return value
+        return self._adapter.validate_python(value)
+
+
+def _is_plain_json(annotation: Any) -> bool:
+    if annotation is Any or annotation is None or annotation in _SCALARS:
+        return True
+    origin = getattr(annotation, "__origin__", None)
+    return origin in (dict, list, Mapping, Sequence) and not _mentions_model(annotation)
+
+
+def _mentions_model(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return True
+    return any(_mentions_model(arg) for arg in getattr(annotation, "__args__", ()))
+
+
+@lru_cache(maxsize=512)
+def _adapter_for(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(annotation)
