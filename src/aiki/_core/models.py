@@ -241,3 +241,26 @@ class WorkerInfo:
     id: WorkerId
     workflows: tuple[WorkflowKey, ...]
     last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollRequest:
+    """A worker asking for work: up to `capacity` runs, waiting up to `wait_ms` for some.
+
+    With `capacity` 0 the poll only waits for cancel requests of runs the worker holds.
+    While waiting, the server looks at storage again every `recheck_ms` in case a wake-up
+    was missed.
+    """
+
+    worker_id: WorkerId
+    workflows: tuple[WorkflowKey, ...]
+    capacity: int
+    lease_ms: int
+    wait_ms: int
+    recheck_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollReply:
+    claimed: tuple[ClaimedRun, ...] = ()
+    cancel_requested: tuple[RunId, ...] = ()

@@ -77,10 +77,14 @@ def loads(text: str) -> JSONValue:
     return parsed
 
 
-def encode(value: object, *, what: str, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
-    """Validate `value` and return its canonical JSON text, refusing more than `limit` bytes."""
+def encode(value: object, *, what: str, limit: int | None = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
+    """Validate `value` and return its canonical JSON text, refusing more than `limit` bytes.
+
+    `limit=None` skips the size check, for callers that leave it to the server.
+    """
     text = dumps(to_json_value(value, what=what))
-    check_size(text, what=what, limit=limit)
+    if limit is not None:
+        check_size(text, what=what, limit=limit)
     return text
 
 

@@ -1,0 +1,77 @@
+"""`RunHandle`: what an application holds on to for one run."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from aiki._core.api import EngineApi
+from aiki._core.ids import RunId
+from aiki._core.models import HistoryEvent, RunStatus
+from aiki._core.serde import Decoder
+from aiki._core.states import RunState
+from aiki.errors import WorkflowRunCancelledError, WorkflowRunFailedError
+
+R = TypeVar("R")
+
+_RAW = Decoder(Any)
+
+
+class RunHandle(Generic[R]):
+    """A reference to one workflow run: its status, history, result, and cancellation."""
+
+    __slots__ = ("_api", "_result", "id")
+
+    def __init__(self, api: EngineApi, run_id: RunId, *, result: Decoder | None = None) -> None:
+        self.id = run_id
+        self._api = api
+        self._result = result or _RAW
+
+    async def get_status(self) -> RunStatus:
+        """The run's current status.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+        return await self._api.get_status(self.id)
+
+    async def get_history(self) -> list[HistoryEvent]:
+        """Every transition and task attempt of the run, oldest first."""
+        return await self._api.get_history(self.id)
+
+    async def wait_for_completion(self, timeout: float | None = None) -> R:
+        """Wait until the run ends and return its result.
+
+        The wait is pushed by the server when the run ends; nothing polls in a loop.
+
+        Args:
+            timeout: Seconds to wait at most; None waits for as long as it takes.
+
+        Raises:
+            WorkflowRunFailedError: the run failed (`.error` says why).
+            WorkflowRunCancelledError: the run was cancelled.
+            TimeoutError: the run had not ended after `timeout` seconds.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout}")
+        status = await self._api.wait(self.id, timeout)
+        if status.state is RunState.COMPLETED:
+            result: R = self._result.decode(status.result)
+            return result
+        if status.state is RunState.FAILED:
+            assert status.error is not None  # a failed run always stores its error
+            raise WorkflowRunFailedError(run_id=self.id, error=status.error)
+        if status.state is RunState.CANCELLED:
+            raise WorkflowRunCancelledError(run_id=self.id, reason=status.cancel_reason)
+        raise TimeoutError(
+            f"workflow run {self.id} is still {status.state} after {timeout} seconds"
+        )
+
+    async def cancel(self, reason: str | None = None) -> RunStatus:
+        """Cancel the run: at once if it is not running, else at its worker's next chance.
+
+        Cancelling a run that has already ended changes nothing.
+        """
+        return await self._api.cancel(self.id, reason)
+
+    def __repr__(self) -> str:
+        return f"RunHandle(id={self.id!r})"

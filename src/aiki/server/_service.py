@@ -1,0 +1,230 @@
+"""The service layer: every operation of `EngineApi`, over storage, with wake-ups.
+
+It knows nothing of HTTP. The in-process client calls it directly; the HTTP layer is a thin
+adapter over it. The storage decides what is allowed (revisions, the state machine); this
+layer checks sizes, long-polls and tells waiters when something they wait for has happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from aiki._core.ids import RunId, WorkerId
+from aiki._core.models import (
+    ClaimedRun,
+    Enqueued,
+    HeartbeatReply,
+    HistoryEvent,
+    Lease,
+    NewRun,
+    PollReply,
+    PollRequest,
+    RunOutcome,
+    RunStatus,
+    TaskEnd,
+    TaskStart,
+    TimerReport,
+    WaitInfo,
+    WorkflowKey,
+)
+from aiki._core.serde import check_size
+from aiki._core.states import RunState
+from aiki.config import ServerSettings
+from aiki.errors import RunNotFoundError
+from aiki.server._signals import KeyedSignal, Signal, wait_any
+from aiki.storage import Storage
+
+_log = logging.getLogger("aiki.server")
+
+# While a long-poll waits, storage is read again this often even without a wake-up, so a
+# change made by another server process is seen.
+_WAIT_RECHECK_S = 5.0
+
+
+class Service:
+    """The run state machine as a service: what clients and workers call."""
+
+    def __init__(self, storage: Storage, settings: ServerSettings) -> None:
+        self._storage = storage
+        self._settings = settings
+        self._ready = Signal()  # runs became claimable
+        self._timers_changed = Signal()  # a new due time may be earlier than the timer loop knows
+        self._run_ended: KeyedSignal[RunId] = KeyedSignal()
+        self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
+        self._cancel_notices: dict[WorkerId, set[RunId]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- applications -------------------------------------------------------------------
+
+    async def enqueue(self, new: NewRun) -> Enqueued:
+        check_size(
+            new.payload_json,
+            what=f"workflow {new.workflow!r} payload",
+            limit=self._settings.max_payload_bytes,
+        )
+        enqueued = await self._storage.enqueue(new)
+        if enqueued.created:
+            self._ready.notify()
+        return enqueued
+
+    async def get_status(self, run_id: RunId) -> RunStatus:
+        status = await self._storage.get_run(run_id)
+        if status is None:
+            raise RunNotFoundError(run_id)
+        return status
+
+    async def get_history(self, run_id: RunId) -> list[HistoryEvent]:
+        history = await self._storage.get_history(run_id)
+        if not history and await self._storage.get_run(run_id) is None:
+            raise RunNotFoundError(run_id)
+        return history
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        after: RunId | None = None,
+        limit: int = 100,
+    ) -> list[RunStatus]:
+        if not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be between 1 and 1000, got {limit}")
+        return await self._storage.list_runs(
+            workflow=workflow, state=state, after=after, limit=limit
+        )
+
+    async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            ticket = self._run_ended.ticket(run_id)
+            try:
+                status = await self.get_status(run_id)
+                if status.state.is_final:
+                    return status
+                remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    return status
+                await wait_any([ticket], min(remaining, _WAIT_RECHECK_S))
+            finally:
+                self._run_ended.release(run_id)
+
+    async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
+        status = await self._storage.cancel(run_id, reason)
+        if status.state.is_final:
+            self._run_ended.notify(run_id)
+        elif status.cancel_requested and status.worker_id is not None:
+            self._cancel_notices.setdefault(status.worker_id, set()).add(run_id)
+            self._worker_notices.notify(status.worker_id)
+        return status
+
+    # --- workers ------------------------------------------------------------------------
+
+    async def register_worker(self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]) -> None:
+        await self._storage.register_worker(worker_id, workflows)
+
+    async def poll(self, request: PollRequest) -> PollReply:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.wait_ms / 1000
+        worker = request.worker_id
+        while True:
+            tickets = [self._worker_notices.ticket(worker)]
+            try:
+                if request.capacity > 0:
+                    tickets.append(self._ready.ticket())
+                    claimed = await self._claim(request)
+                else:
+                    claimed = []
+                cancels = tuple(self._cancel_notices.pop(worker, ()))
+                remaining = deadline - loop.time()
+                if claimed or cancels or remaining <= 0:
+                    return PollReply(claimed=tuple(claimed), cancel_requested=cancels)
+                await wait_any(tickets, min(remaining, request.recheck_ms / 1000))
+            finally:
+                self._worker_notices.release(worker)
+
+    async def _claim(self, request: PollRequest) -> list[ClaimedRun]:
+        claim = asyncio.ensure_future(
+            self._storage.claim(
+                request.worker_id, request.workflows, request.capacity, request.lease_ms
+            )
+        )
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # The poll was abandoned (worker stopping, connection gone) while the claim was in
+            # flight. Hand back whatever it took, so those runs don't wait out a lease.
+            self._spawn(self._hand_back(claim))
+            raise
+
+    async def _hand_back(self, claim: asyncio.Future[list[ClaimedRun]]) -> None:
+        for claimed in await claim:
+            await self._storage.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
+        self._ready.notify()
+
+    async def heartbeat(
+        self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
+    ) -> HeartbeatReply:
+        return await self._storage.heartbeat(worker_id, leases, lease_ms)
+
+    async def start_task(self, lease: Lease, start: TaskStart) -> None:
+        await self._storage.start_task(lease, start)
+
+    async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
+        if end.result_json is not None:
+            check_size(
+                end.result_json,
+                what=f"task {end.address.task!r} result",
+                limit=self._settings.max_payload_bytes,
+            )
+        return await self._storage.finish_task(lease, end)
+
+    async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
+        await self._storage.suspend(lease, wait)
+        self._timers_changed.notify()
+
+    async def release(self, lease: Lease) -> None:
+        await self._storage.release(lease)
+        self._ready.notify()
+
+    async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
+        if outcome.result_json is not None:
+            check_size(
+                outcome.result_json,
+                what=f"result of workflow run {lease.run_id}",
+                limit=self._settings.max_payload_bytes,
+            )
+        await self._storage.finish(lease, outcome)
+        self._run_ended.notify(lease.run_id)
+
+    # --- timers -------------------------------------------------------------------------
+
+    async def fire_timers(self) -> TimerReport:
+        """One pass of the timers, then the wake-ups it calls for."""
+        report = await self._storage.fire_timers(
+            max_recovery_attempts=self._settings.max_recovery_attempts
+        )
+        if report.woken or report.expired:
+            self._ready.notify()
+        for run_id in report.ended:
+            self._run_ended.notify(run_id)
+        return report
+
+    def timers_ticket(self) -> asyncio.Future[None]:
+        """A ticket that resolves when a new due time was set."""
+        return self._timers_changed.ticket()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro, name="aiki hand-back")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        """Finish background hand-backs."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

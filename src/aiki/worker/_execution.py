@@ -1,0 +1,393 @@
+"""One claimed run on a worker: replay recorded task results, run the new ones, report the end.
+
+Replay is content-addressed: a task call's address is (task name, SHA-256 of its payload's
+canonical JSON, occurrence). A call whose address holds a final result gets it back without
+running; a new call runs the task. A new call made while recorded results are still
+unconsumed means the code no longer matches what was recorded, and the run fails with
+`NondeterminismError` before the new task has any side effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from datetime import datetime
+from enum import Enum, auto
+from typing import Any
+
+from aiki._core.api import EngineApi
+from aiki._core.clock import Clock, to_datetime
+from aiki._core.ids import RunId, WorkerId
+from aiki._core.models import (
+    ClaimedRun,
+    Lease,
+    RunOutcome,
+    TaskAddress,
+    TaskEnd,
+    TaskOutcome,
+    TaskRecord,
+    TaskStart,
+    WaitInfo,
+    WaitKind,
+)
+from aiki._core.serde import digest, encode, loads, to_json_value
+from aiki._core.states import RunState
+from aiki.config import WorkflowRunConfig
+from aiki.errors import (
+    ErrorInfo,
+    LeaseLostError,
+    NondeterminismError,
+    NonRetryableError,
+    PayloadError,
+    RetryLaterError,
+    TaskFailedError,
+)
+from aiki.sdk import Task, TaskContext, Workflow, WorkflowRun
+
+_log = logging.getLogger("aiki.worker")
+
+# How many loop turns without replay progress before a new call may judge that recorded
+# results are truly left over (see `_settle`).
+_SETTLE_TURNS = 3
+
+
+class _Suspended(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Unwinds the workflow when the run must wait off the worker (long retry backoff).
+
+    A BaseException, so `except Exception` in workflow code does not swallow it.
+    """
+
+
+class StopReason(Enum):
+    """Why the worker stopped a run's code from the outside."""
+
+    CANCEL = auto()  # the user cancelled the run: report `cancelled`
+    LOST = auto()  # the lease is gone: write nothing more
+    HAND_BACK = auto()  # the worker is stopping: hand the run back
+    KILL = auto()  # simulated crash: write nothing
+
+
+class RunExecution:
+    """Executes one claimed run of `workflow` on behalf of worker `worker_id`."""
+
+    def __init__(
+        self,
+        *,
+        api: EngineApi,
+        claimed: ClaimedRun,
+        workflow: Workflow[Any, Any],
+        worker_id: WorkerId,
+        config: WorkflowRunConfig,
+        clock: Clock,
+    ) -> None:
+        self.run_id: RunId = claimed.run.id
+        self.lease = Lease(run_id=claimed.run.id, revision=claimed.revision)
+        self._api = api
+        self._claimed = claimed
+        self._workflow = workflow
+        self._worker_id = worker_id
+        self._config = config
+        self._clock = clock
+        self._recorded: dict[TaskAddress, TaskRecord] = {t.address: t for t in claimed.tasks}
+        self._unconsumed = sum(1 for t in claimed.tasks if t.outcome is not TaskOutcome.RETRYING)
+        self._occurrences: dict[tuple[str, str], int] = {}
+        self._clock_at_claim = clock.now_ms()
+        self._view: WorkflowRun[Any] | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wake_at_ms: int | None = None
+        self._wait_detail = ""
+        self._fatal: NondeterminismError | None = None
+        self._stop_reason: StopReason | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._pending_writes: set[asyncio.Task[None]] = set()
+
+    # --- control from the worker ------------------------------------------------------------
+
+    def stop(self, reason: StopReason) -> None:
+        """Interrupt the workflow code (it sees `asyncio.CancelledError`)."""
+        if self._stop_reason is None or reason is StopReason.KILL:
+            self._stop_reason = reason
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
+
+    # --- RunExecution protocol (called by WorkflowRun and Task) -----------------------------
+
+    def now(self) -> datetime:
+        return to_datetime(self._storage_now_ms())
+
+    def call_task(self, task: Any, payload: object) -> Awaitable[Any]:
+        return self._call_task(task, payload)
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        """Run the workflow to its end (or until stopped) and report what happened."""
+        self._main = asyncio.current_task()
+        run = self._claimed.run
+        outcome: RunOutcome | None = None
+        try:
+            payload = self._workflow.decode_payload(run.payload)
+            self._view = WorkflowRun(
+                id=run.id,
+                name=run.workflow,
+                version=run.version,
+                payload=payload,
+                attempt=run.attempt,
+                execution=self,
+            )
+            result = await self._workflow.execute(self._view)
+            outcome = self._completed(result)
+        except _Suspended:
+            pass
+        except asyncio.CancelledError:
+            if self._stop_reason is None:
+                raise  # cancelled by something other than the worker: not ours to judge
+            if self._stop_reason is StopReason.CANCEL:
+                outcome = RunOutcome(state=RunState.CANCELLED, reason="cancelled")
+        except Exception as exc:
+            outcome = RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(exc))
+        await self._conclude(outcome)
+
+    def _completed(self, result: object) -> RunOutcome:
+        try:
+            text = encode(result, what=f"workflow {self._workflow.name!r} result", limit=None)
+        except PayloadError as exc:
+            return RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(exc))
+        return RunOutcome(state=RunState.COMPLETED, result_json=text)
+
+    async def _conclude(self, outcome: RunOutcome | None) -> None:
+        reason = self._stop_reason
+        if reason in (StopReason.LOST, StopReason.KILL):
+            return
+        if reason is StopReason.HAND_BACK:
+            await self._write(self._api.release(self.lease))
+            return
+        if self._fatal is not None:
+            # Replay diverged: the run fails even if the workflow caught the error.
+            outcome = RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(self._fatal))
+        elif self._wake_at_ms is not None and reason is None:
+            await self._idle.wait()  # let sibling attempts (asyncio.gather) record their results
+            wait = WaitInfo(kind=WaitKind.RETRY, until_ms=self._wake_at_ms, detail=self._wait_detail)
+            await self._write(self._api.suspend(self.lease, wait))
+            return
+        if outcome is None:
+            return
+        await self._finish(outcome)
+
+    async def _finish(self, outcome: RunOutcome) -> None:
+        try:
+            await self._write(self._api.finish(self.lease, outcome))
+        except PayloadError as exc:  # the server refused the result (too large)
+            error = ErrorInfo.from_exception(exc)
+            await self._write(self._api.finish(self.lease, RunOutcome(state=RunState.FAILED, error=error)))
+
+    async def _write(self, write: Awaitable[None]) -> None:
+        """Make a write that must not be lost to a cancellation of this run's code."""
+        task = asyncio.ensure_future(write)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task  # losing this write would leave the run for a lease to expire
+            raise
+        except LeaseLostError:
+            _log.info("run %s: lease lost, leaving it to its new owner", self.run_id)
+
+    # --- task calls -------------------------------------------------------------------------
+
+    async def _call_task(self, task: Task[Any, Any], payload: object) -> Any:
+        if self._wake_at_ms is not None:
+            raise _Suspended
+        value = to_json_value(payload, what=f"task {task.name!r} payload")
+        text = encode(value, what=f"task {task.name!r} payload", limit=None)
+        key = (task.name, digest(text))
+        index = self._occurrences.get(key, 0)
+        self._occurrences[key] = index + 1
+        address = TaskAddress(task=task.name, digest=key[1], index=index)
+        record = self._recorded.get(address)
+        if record is not None and record.outcome is TaskOutcome.COMPLETED:
+            self._unconsumed -= 1
+            return task.decode_result(loads(record.result_json or "null"))
+        if record is not None and record.outcome is TaskOutcome.FAILED:
+            self._unconsumed -= 1
+            assert record.error is not None  # a failed record always stores its error
+            raise TaskFailedError(task_name=task.name, attempts=record.attempts, error=record.error)
+        if self._unconsumed > 0:
+            await self._settle()
+            if self._unconsumed > 0:
+                raise self._diverged(address)
+        first = record.attempts + 1 if record is not None else 1
+        return await self._run_attempts(task, address, value, first)
+
+    async def _settle(self) -> None:
+        """Give concurrent branches of the workflow (asyncio.gather) the chance to replay.
+
+        A branch that reaches a new call may do so before a sibling has consumed its recorded
+        result; replayed calls finish without I/O, so a few loop turns without progress mean
+        every branch that can replay has.
+        """
+        quiet = 0
+        seen = self._unconsumed
+        while self._unconsumed > 0 and quiet < _SETTLE_TURNS:
+            await asyncio.sleep(0)
+            quiet = quiet + 1 if self._unconsumed == seen else 0
+            seen = self._unconsumed
+
+    def _diverged(self, address: TaskAddress) -> NondeterminismError:
+        left = sorted(
+            f"{a.task!r} (payload {a.digest[:12]}, call {a.index + 1})"
+            for a, r in self._recorded.items()
+            if r.outcome is not TaskOutcome.RETRYING and not self._was_consumed(a)
+        )
+        self._fatal = NondeterminismError(
+            f"workflow {self._workflow.name!r} version {self._workflow.version!r}, run "
+            f"{self.run_id}: new call to task {address.task!r} (payload {address.digest[:12]}) "
+            f"while recorded results remain unconsumed: {', '.join(left)}. The workflow code "
+            "changed in a way its recorded history cannot replay; deploy it as a new version."
+        )
+        return self._fatal
+
+    def _was_consumed(self, address: TaskAddress) -> bool:
+        return self._occurrences.get((address.task, address.digest), 0) > address.index
+
+    async def _run_attempts(
+        self, task: Task[Any, Any], address: TaskAddress, payload: Any, attempt: int
+    ) -> Any:
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            while True:
+                if self._wake_at_ms is not None:
+                    raise _Suspended
+                outcome = await self._attempt(task, address, payload, attempt)
+                if not isinstance(outcome, _Retry):
+                    return outcome
+                if outcome.delay_ms > self._config.max_inline_retry_delay_ms:
+                    self._request_wait(outcome.delay_ms, task.name)
+                    raise _Suspended
+                await self._clock.sleep_ms(outcome.delay_ms)
+                attempt += 1
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _attempt(
+        self, task: Task[Any, Any], address: TaskAddress, payload: Any, attempt: int
+    ) -> Any:
+        start = TaskStart(address=address, attempt=attempt, worker_id=self._worker_id)
+        # The start is recorded while the task runs; the end waits for it, so they stay ordered.
+        started = asyncio.ensure_future(self._guard(self._api.start_task(self.lease, start)))
+        began = time.monotonic()
+        try:
+            assert self._view is not None  # set before the workflow function runs
+            context = TaskContext(
+                payload=task.decode_payload(payload), workflow_run=self._view, attempt=attempt
+            )
+            value = await task.invoke(context)
+            result_json = encode(value, what=f"task {task.name!r} result", limit=None)
+        except Exception as exc:
+            await started
+            return await self._failed(task, address, attempt, exc, began)
+        except BaseException:
+            # Interrupted (cancelled, stopped): the start still lands, with no end after it.
+            self._pending_writes.add(started)
+            started.add_done_callback(self._pending_writes.discard)
+            raise
+        await started
+        end = self._end(address, attempt, began, TaskOutcome.COMPLETED, result_json=result_json)
+        try:
+            await self._report(end)
+        except PayloadError as exc:  # result over the server's size limit: a final failure
+            return await self._failed(task, address, attempt, NonRetryableError(str(exc)), began)
+        return task.decode_result(loads(result_json))
+
+    async def _failed(
+        self, task: Task[Any, Any], address: TaskAddress, attempt: int, exc: Exception, began: float
+    ) -> _Retry:
+        error = ErrorInfo.from_exception(exc)
+        delay = _retry_delay(task, attempt, exc)
+        if delay is None:
+            await self._report(self._end(address, attempt, began, TaskOutcome.FAILED, error=error))
+            raise TaskFailedError(task_name=task.name, attempts=attempt, error=error) from exc
+        end = self._end(address, attempt, began, TaskOutcome.RETRYING, error=error, retry_delay_ms=delay)
+        await self._report(end)
+        return _Retry(delay)
+
+    def _end(
+        self,
+        address: TaskAddress,
+        attempt: int,
+        began: float,
+        outcome: TaskOutcome,
+        *,
+        result_json: str | None = None,
+        error: ErrorInfo | None = None,
+        retry_delay_ms: int | None = None,
+    ) -> TaskEnd:
+        return TaskEnd(
+            address=address,
+            attempt=attempt,
+            worker_id=self._worker_id,
+            outcome=outcome,
+            duration_ms=int((time.monotonic() - began) * 1000),
+            result_json=result_json,
+            error=error,
+            retry_delay_ms=retry_delay_ms,
+        )
+
+    async def _report(self, end: TaskEnd) -> None:
+        cancel_requested = await self._guard(self._api.finish_task(self.lease, end))
+        if cancel_requested:
+            self.stop(StopReason.CANCEL)
+
+    async def _guard(self, write: Awaitable[Any]) -> Any:
+        """A worker write made from inside the workflow's code.
+
+        A lost lease, or a write that could not be made, stops the run on this worker for
+        good, whatever the workflow catches: its lease then expires and another worker (or
+        this one) resumes it from what storage holds.
+        """
+        try:
+            return await write
+        except LeaseLostError:
+            self.stop(StopReason.LOST)
+            raise
+        except PayloadError:
+            raise
+        except Exception:
+            _log.exception("run %s: a write failed; leaving the run to lease recovery", self.run_id)
+            self.stop(StopReason.LOST)
+            raise
+
+    def _request_wait(self, delay_ms: int, detail: str) -> None:
+        wake = self._storage_now_ms() + delay_ms
+        self._wake_at_ms = wake if self._wake_at_ms is None else min(self._wake_at_ms, wake)
+        self._wait_detail = detail
+
+    def _storage_now_ms(self) -> int:
+        # The storage clock as of the claim, moved on by this worker's clock since then.
+        return self._claimed.now_ms + (self._clock.now_ms() - self._clock_at_claim)
+
+
+class _Retry:
+    __slots__ = ("delay_ms",)
+
+    def __init__(self, delay_ms: int) -> None:
+        self.delay_ms = delay_ms
+
+
+def _retry_delay(task: Task[Any, Any], attempt: int, exc: Exception) -> int | None:
+    """Milliseconds until the next attempt, or None when the task has failed for good."""
+    if isinstance(exc, NonRetryableError | PayloadError):
+        return None
+    delay = task.retry.delay_after(attempt)
+    if delay is None:
+        return None
+    if isinstance(exc, RetryLaterError):
+        return exc.delay_ms
+    return delay
+
