@@ -133,6 +133,7 @@ class Worker:
         config = self.subscriber_config
         failures = 0
         stopping = asyncio.ensure_future(self._stopping.wait())
+        poll: asyncio.Future[PollReply] | None = None
         try:
             while not self._stopping.is_set():
                 capacity = min(
@@ -168,6 +169,9 @@ class Worker:
                 self._take(reply)
         finally:
             stopping.cancel()
+            if poll is not None and not poll.done():
+                # A poll left running would claim runs for a worker that is gone.
+                poll.cancel()
 
     def _poll_request(self, capacity: int) -> PollRequest:
         return PollRequest(

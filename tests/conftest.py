@@ -1,0 +1,53 @@
+"""Shared fixtures: a fake clock, an embedded server on a fresh SQLite file, workers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import aiki
+from aiki.testing import FakeClock
+
+WorkerFactory = Callable[..., Awaitable[aiki.Worker]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def srv(tmp_path: Path, clock: FakeClock) -> AsyncIterator[aiki.Server]:
+    async with aiki.server(f"sqlite:///{tmp_path}/aiki.db", clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(srv: aiki.Server) -> AsyncIterator[aiki.Client]:
+    async with await aiki.create_client(server=srv) as c:
+        yield c
+
+
+@pytest.fixture
+async def make_worker(
+    client: aiki.Client, clock: FakeClock
+) -> AsyncIterator[WorkerFactory]:
+    """Start workers on the shared fake clock; every one is stopped at the end of the test."""
+    started: list[aiki.Worker] = []
+
+    async def make(*workflows: aiki.Workflow[Any, Any], **options: Any) -> aiki.Worker:
+        options.setdefault("clock", clock)
+        options.setdefault("graceful_shutdown_timeout_ms", 0)
+        w = await aiki.worker(client, **options)
+        for wf in workflows:
+            w.registry.add(wf)
+        await w.start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        await w.stop()

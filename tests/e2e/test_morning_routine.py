@@ -1,0 +1,141 @@
+"""The concept document's examples, end to end on an embedded server and SQLite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiki
+from aiki.examples import morning_routine, user_onboarding_v1, user_onboarding_v2
+from conftest import WorkerFactory
+
+
+async def test_morning_routine_end_to_end(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    await make_worker(morning_routine, id="worker-1")
+    handle = await morning_routine.enqueue(
+        client, payload={"user_id": "123"}, idempotency_key="user-123-morning"
+    )
+
+    result = await handle.wait_for_completion(timeout=10)
+
+    assert result == {"alarm_result": "Wake up!", "stretch_result": 300}
+    status = await handle.get_status()
+    assert status.id == handle.id
+    assert status.state is aiki.RunState.COMPLETED
+    assert status.workflow == "morning-routine" and status.version == "1.0.0"
+
+
+async def test_history_records_every_transition_and_attempt(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    await make_worker(morning_routine, id="worker-1")
+    handle = await morning_routine.enqueue(client, payload={"user_id": "1"})
+    await handle.wait_for_completion(timeout=10)
+
+    history = await handle.get_history()
+
+    kinds = [e.kind.value for e in history]
+    assert kinds == [
+        "run_enqueued",
+        "run_claimed",
+        "task_started",
+        "task_completed",
+        "task_started",
+        "task_completed",
+        "run_completed",
+    ]
+    assert [e.seq for e in history] == sorted(e.seq for e in history)
+    assert history[0].state is aiki.RunState.PENDING
+    assert history[-1].state is aiki.RunState.COMPLETED
+    started = [e for e in history if e.kind.value == "task_started"]
+    assert [e.data["task"] for e in started] == ["ring-alarm", "stretch"]
+    assert all(e.data["worker_id"] == "worker-1" for e in started)
+    ended = [e for e in history if e.kind.value == "task_completed"]
+    assert all(e.data["duration_ms"] >= 0 and e.data["attempt"] == 1 for e in ended)
+
+
+async def test_two_versions_run_side_by_side(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    await make_worker(user_onboarding_v1, user_onboarding_v2)
+    v1 = await user_onboarding_v1.enqueue(client, payload={"user_id": "a"})
+    v2 = await user_onboarding_v2.enqueue(client, payload={"user_id": "b"})
+
+    assert await v1.wait_for_completion(timeout=10) == {"email": "welcome email sent to user a"}
+    assert await v2.wait_for_completion(timeout=10) == {
+        "email": "welcome email sent to user b",
+        "profile": {"user_id": "b", "profile": "created"},
+    }
+    assert (await v1.get_status()).version == "1.0.0"
+    assert (await v2.get_status()).version == "2.0.0"
+
+
+async def test_run_stays_on_its_version(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    """A worker serving only v2 never takes a v1 run; a v1 worker later does."""
+    v1 = await user_onboarding_v1.enqueue(client, payload={"user_id": "a"})
+    v2 = await user_onboarding_v2.enqueue(client, payload={"user_id": "b"})
+    await make_worker(user_onboarding_v2)
+    await v2.wait_for_completion(timeout=10)
+    assert (await v1.get_status()).state is aiki.RunState.PENDING
+
+    await make_worker(user_onboarding_v1)
+    assert await v1.wait_for_completion(timeout=10) == {"email": "welcome email sent to user a"}
+
+
+async def test_failed_run_reports_type_message_and_traceback(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    @aiki.workflow(name="breaks", version="1")
+    async def breaks(workflow_run: aiki.WorkflowRun[Any]) -> None:
+        raise LookupError("no such order 42")
+
+    await make_worker(breaks)
+    handle = await breaks.enqueue(client)
+
+    try:
+        await handle.wait_for_completion(timeout=10)
+    except aiki.WorkflowRunFailedError as exc:
+        assert exc.error.type == "LookupError"
+    else:
+        raise AssertionError("the run should have failed")
+    status = await handle.get_status()
+    assert status.state is aiki.RunState.FAILED
+    assert status.error is not None
+    assert status.error.message == "no such order 42"
+    assert status.error.traceback is not None and "LookupError" in status.error.traceback
+
+
+async def test_get_handle_rebuilds_a_handle(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    await make_worker(morning_routine)
+    handle = await morning_routine.enqueue(client, payload={})
+    again = client.get_handle(handle.id)
+
+    assert await again.wait_for_completion(timeout=10) == {
+        "alarm_result": "Wake up!",
+        "stretch_result": 300,
+    }
+
+
+async def test_unknown_run_id(client: aiki.Client) -> None:
+    handle = client.get_handle("no-such-run")
+    try:
+        await handle.get_status()
+    except aiki.RunNotFoundError as exc:
+        assert "no-such-run" in str(exc)
+    else:
+        raise AssertionError("expected RunNotFoundError")
+
+
+async def test_wait_for_completion_times_out(client: aiki.Client) -> None:
+    handle = await morning_routine.enqueue(client, payload={})  # no worker: stays pending
+    try:
+        await handle.wait_for_completion(timeout=0.05)
+    except TimeoutError as exc:
+        assert "pending" in str(exc)
+    else:
+        raise AssertionError("expected TimeoutError")

@@ -1,0 +1,41 @@
+"""Helpers for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+import aiki
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5.0) -> None:
+    """Wait until `check()` is true; fail after `timeout` seconds.
+
+    For conditions nothing signals (a state seen only through storage); everything that can be
+    signalled (a task starting) uses an asyncio.Event instead.
+    """
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.005)
+
+
+async def state_is(handle: aiki.RunHandle[object], state: aiki.RunState) -> None:
+    async def check() -> bool:
+        return (await handle.get_status()).state is state
+
+    await eventually(check)
+
+
+class Calls:
+    """Counts side effects of tasks by name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, name: str) -> int:
+        self.counts[name] += 1
+        return self.counts[name]
+
+    def __getitem__(self, name: str) -> int:
+        return self.counts[name]
