@@ -1,0 +1,92 @@
+"""Opening a SQLite database: connection settings and the migration runner."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+
+from aiki.storage._sql_files import Migration
+
+# UPDATE ... RETURNING arrived in SQLite 3.35.
+MIN_SQLITE_VERSION = (3, 35, 0)
+
+_CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+)
+"""
+
+
+def connect(path: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, synchronous=NORMAL.
+
+    With WAL, synchronous=NORMAL syncs at checkpoints rather than at every commit: a power
+    loss may drop the last commits but never corrupts the database.
+    """
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        wanted = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise sqlite3.NotSupportedError(
+            f"SQLite {sqlite3.sqlite_version} is too old: Aiki needs {wanted} or newer"
+        )
+    conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+    try:
+        # The busy timeout first: switching to WAL needs a lock another process may hold.
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -16000")  # KiB
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def split_statements(script: str) -> Iterator[str]:
+    """The statements of a SQL script, each complete as SQLite's own parser judges it."""
+    buffer: list[str] = []
+    for line in script.splitlines(keepends=True):
+        buffer.append(line)
+        text = "".join(buffer)
+        if sqlite3.complete_statement(text):
+            yield text.strip()
+            buffer = []
+    rest = "".join(line for line in buffer if not line.lstrip().startswith("--"))
+    if rest.strip():
+        raise ValueError(f"incomplete SQL statement at the end of a script: {rest.strip()!r}")
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, now_ms: int) -> list[int]:
+    """Apply the migrations not applied yet, each in its own transaction; return their versions.
+
+    Each migration checks `schema_migrations` again under the write lock, so two processes
+    opening one database at once apply it once.
+    """
+    conn.execute(_CREATE_MIGRATIONS_TABLE)
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied: list[int] = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+            ).fetchone():
+                conn.execute("COMMIT")
+                continue
+            for statement in split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now_ms),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
