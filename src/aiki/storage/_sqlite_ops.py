@@ -1,0 +1,621 @@
+"""What each `SqliteStorage` method does, as plain functions of a connection.
+
+The writer thread runs each one inside a SAVEPOINT of its batch's transaction: when one raises,
+everything it wrote is rolled back and nothing else is. Times come from the clock when the
+operation runs, not when it was queued.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from aiki._core.clock import Clock
+from aiki._core.ids import RunId, WorkerId, new_run_id
+from aiki._core.models import (
+    ClaimedRun,
+    Enqueued,
+    EventKind,
+    HeartbeatReply,
+    HistoryEvent,
+    Lease,
+    NewRun,
+    RunOutcome,
+    RunStatus,
+    TaskAddress,
+    TaskEnd,
+    TaskOutcome,
+    TaskRecord,
+    TaskStart,
+    TimerReport,
+    WaitInfo,
+    WaitKind,
+    WorkflowKey,
+)
+from aiki._core.serde import loads
+from aiki._core.states import RunAction, RunState, check_transition
+from aiki.errors import ErrorInfo, IdempotencyConflictError, LeaseLostError, RunNotFoundError
+from aiki.storage._sql_files import load_queries
+
+Q = load_queries("sqlite")
+
+LEASE_EXPIRED_ERROR_TYPE = "aiki.LeaseExpiredError"
+
+# Sorts after every run id (ids are lowercase hex): `id < '~'` is "no lower bound" for paging.
+_FIRST_PAGE = "~"
+
+_END_ACTIONS = {
+    RunState.COMPLETED: RunAction.COMPLETE,
+    RunState.FAILED: RunAction.FAIL,
+    RunState.CANCELLED: RunAction.CANCEL,
+}
+_END_EVENTS = {
+    RunState.COMPLETED: EventKind.COMPLETED,
+    RunState.FAILED: EventKind.FAILED,
+    RunState.CANCELLED: EventKind.CANCELLED,
+}
+
+
+# --- rows and JSON ----------------------------------------------------------------------------
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _error_text(error: ErrorInfo | None) -> str | None:
+    return None if error is None else _json(error.to_json())
+
+
+def _error_info(text: str | None) -> ErrorInfo | None:
+    return None if text is None else ErrorInfo.from_json(json.loads(text))
+
+
+def run_from_row(row: Sequence[Any]) -> RunStatus:
+    """A `RunStatus` from the run columns, in the order every run query selects them."""
+    (run_id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+     recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+     lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at) = row  # fmt: skip
+    wait = (
+        None
+        if wait_kind is None
+        else WaitInfo(kind=WaitKind(wait_kind), until_ms=wait_until, detail=wait_detail or "")
+    )
+    return RunStatus(
+        id=RunId(run_id),
+        workflow=workflow,
+        version=version,
+        state=RunState(state),
+        payload=loads(payload),
+        result=None if result is None else loads(result),
+        error=_error_info(error),
+        idempotency_key=idempotency_key,
+        attempt=attempt,
+        recovery_attempts=recovery_attempts,
+        revision=revision,
+        wait=wait,
+        worker_id=None if worker_id is None else WorkerId(worker_id),
+        lease_expires_at_ms=lease_expires_at,
+        cancel_requested=bool(cancel_requested),
+        cancel_reason=cancel_reason,
+        created_at_ms=created_at,
+        updated_at_ms=updated_at,
+    )
+
+
+def _append_event(
+    conn: sqlite3.Connection,
+    run_id: str,
+    now: int,
+    kind: EventKind,
+    state: RunState,
+    data: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        Q["append_event"],
+        {
+            "run_id": run_id,
+            "at": now,
+            "kind": kind.value,
+            "state": state.value,
+            "data": _json(data) if data else None,
+        },
+    )
+
+
+def _fetch_run(conn: sqlite3.Connection, run_id: str) -> RunStatus | None:
+    row = conn.execute(Q["get_run"], {"id": run_id}).fetchone()
+    return None if row is None else run_from_row(row)
+
+
+def _held_state(conn: sqlite3.Connection, lease: Lease) -> tuple[RunState, bool, str | None]:
+    """The run's state, cancel flag and worker, if `lease` is current; else `LeaseLostError`."""
+    row = conn.execute(Q["lease_state"], {"id": lease.run_id}).fetchone()
+    if row is None or row[1] != lease.revision:
+        raise LeaseLostError(lease.run_id, lease.revision)
+    return RunState(row[0]), bool(row[2]), row[3]
+
+
+def _running(conn: sqlite3.Connection, lease: Lease) -> bool:
+    """Check that the worker holds the run; return its cancel flag.
+
+    A current revision on a run that is not running (an unclaimed pending run still has its
+    revision 0) is no lease either.
+    """
+    state, cancel_requested, _ = _held_state(conn, lease)
+    if state is not RunState.RUNNING:
+        raise LeaseLostError(lease.run_id, lease.revision)
+    return cancel_requested
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def enqueue(conn: sqlite3.Connection, clock: Clock, new: NewRun) -> Enqueued:
+    now = clock.now_ms()
+    if new.idempotency_key is not None:
+        row = conn.execute(
+            Q["find_by_idempotency_key"],
+            {
+                "workflow": new.workflow,
+                "version": new.version,
+                "idempotency_key": new.idempotency_key,
+            },
+        ).fetchone()
+        if row is not None:
+            # Payloads are canonical JSON text, so equal payloads are equal strings.
+            if row[4] != new.payload_json:
+                raise IdempotencyConflictError(
+                    workflow=new.workflow,
+                    version=new.version,
+                    idempotency_key=new.idempotency_key,
+                    run_id=row[0],
+                )
+            return Enqueued(run=run_from_row(row), created=False)
+    run_id = new_run_id()
+    conn.execute(
+        Q["insert_run"],
+        {
+            "id": run_id,
+            "workflow": new.workflow,
+            "version": new.version,
+            "payload": new.payload_json,
+            "idempotency_key": new.idempotency_key,
+            "now": now,
+        },
+    )
+    conn.execute(Q["insert_workflow"], {"name": new.workflow, "version": new.version, "now": now})
+    _append_event(conn, run_id, now, EventKind.ENQUEUED, RunState.PENDING)
+    run = RunStatus(
+        id=run_id,
+        workflow=new.workflow,
+        version=new.version,
+        state=RunState.PENDING,
+        payload=loads(new.payload_json),
+        idempotency_key=new.idempotency_key,
+        created_at_ms=now,
+        updated_at_ms=now,
+    )
+    return Enqueued(run=run, created=True)
+
+
+def get_run(conn: sqlite3.Connection, run_id: RunId) -> RunStatus | None:
+    return _fetch_run(conn, run_id)
+
+
+def list_runs(
+    conn: sqlite3.Connection,
+    *,
+    workflow: str | None,
+    state: RunState | None,
+    after: RunId | None,
+    limit: int,
+) -> list[RunStatus]:
+    if limit <= 0:
+        return []
+    params: dict[str, Any] = {"after": _FIRST_PAGE if after is None else after, "limit": limit}
+    if workflow is not None:
+        params["workflow"] = workflow
+    if state is not None:
+        params["state"] = state.value
+    # One query per filter combination: SQLite picks its index when the query is prepared.
+    if workflow is not None and state is not None:
+        query = Q["list_runs_by_workflow_and_state"]
+    elif workflow is not None:
+        query = Q["list_runs_by_workflow"]
+    elif state is not None:
+        query = Q["list_runs_by_state"]
+    else:
+        query = Q["list_runs"]
+    return [run_from_row(row) for row in conn.execute(query, params)]
+
+
+def get_history(conn: sqlite3.Connection, run_id: RunId) -> list[HistoryEvent]:
+    return [
+        HistoryEvent(
+            seq=seq,
+            at_ms=at,
+            kind=EventKind(kind),
+            state=RunState(state),
+            data=json.loads(data) if data else {},
+        )
+        for seq, at, kind, state, data in conn.execute(Q["get_history"], {"run_id": run_id})
+    ]
+
+
+def cancel(conn: sqlite3.Connection, clock: Clock, run_id: RunId, reason: str | None) -> RunStatus:
+    now = clock.now_ms()
+    run = _fetch_run(conn, run_id)
+    if run is None:
+        raise RunNotFoundError(run_id)
+    if run.state.is_final:
+        return run
+    if run.state is RunState.RUNNING:
+        # The worker sees the flag at its next heartbeat or task end, and ends the run itself.
+        if run.cancel_requested:
+            return run
+        row = conn.execute(Q["request_cancel"], {"id": run_id, "reason": reason, "now": now})
+        updated = run_from_row(row.fetchone())
+        _append_event(
+            conn, run_id, now, EventKind.CANCEL_REQUESTED, RunState.RUNNING, {"reason": reason}
+        )
+        return updated
+    target = check_transition(run_id, run.state, RunAction.CANCEL)
+    cancelled = _end_run(conn, run_id, now, target, reason=reason)
+    _append_event(conn, run_id, now, EventKind.CANCELLED, target, {"reason": reason})
+    return cancelled
+
+
+def _end_run(
+    conn: sqlite3.Connection,
+    run_id: str,
+    now: int,
+    state: RunState,
+    *,
+    result_json: str | None = None,
+    error: ErrorInfo | None = None,
+    reason: str | None = None,
+) -> RunStatus:
+    row = conn.execute(
+        Q["end_run"],
+        {
+            "id": run_id,
+            "state": state.value,
+            "result": result_json,
+            "error": _error_text(error),
+            "reason": reason,
+            "now": now,
+        },
+    ).fetchone()
+    return run_from_row(row)
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+def claim(
+    conn: sqlite3.Connection,
+    clock: Clock,
+    worker_id: WorkerId,
+    workflows: Sequence[WorkflowKey],
+    limit: int,
+    lease_ms: int,
+) -> list[ClaimedRun]:
+    if limit <= 0 or not workflows:
+        return []
+    now = clock.now_ms()
+    # One indexed range scan per workflow key, merged: oldest first across all of them.
+    candidates: list[str] = []
+    for key in dict.fromkeys(workflows):
+        params = {"workflow": key.name, "version": key.version, "limit": limit}
+        candidates.extend(row[0] for row in conn.execute(Q["pending_ids"], params))
+    candidates.sort()
+    runs: list[RunStatus] = []
+    for run_id in candidates[:limit]:
+        check_transition(run_id, RunState.PENDING, RunAction.CLAIM)
+        row = conn.execute(
+            Q["claim_run"],
+            {"id": run_id, "worker_id": worker_id, "lease_expires_at": now + lease_ms, "now": now},
+        ).fetchone()
+        run = run_from_row(row)
+        _append_event(
+            conn,
+            run_id,
+            now,
+            EventKind.CLAIMED,
+            RunState.RUNNING,
+            {"worker_id": worker_id, "attempt": run.attempt},
+        )
+        runs.append(run)
+    tasks = _task_records(conn, [run.id for run in runs])
+    return [
+        ClaimedRun(run=run, revision=run.revision, now_ms=now, tasks=tuple(tasks.get(run.id, ())))
+        for run in runs
+    ]
+
+
+def _task_records(conn: sqlite3.Connection, run_ids: list[RunId]) -> dict[str, list[TaskRecord]]:
+    records: dict[str, list[TaskRecord]] = {}
+    if not run_ids:
+        return records
+    rows = conn.execute(Q["task_results_of_runs"], {"run_ids": _json(run_ids)})
+    for run_id, task, digest, index, outcome, attempts, result, error in rows:
+        records.setdefault(run_id, []).append(
+            TaskRecord(
+                address=TaskAddress(task=task, digest=digest, index=index),
+                outcome=TaskOutcome(outcome),
+                attempts=attempts,
+                result_json=result,
+                error=_error_info(error),
+            )
+        )
+    return records
+
+
+def heartbeat(
+    conn: sqlite3.Connection,
+    clock: Clock,
+    worker_id: WorkerId,
+    leases: Sequence[Lease],
+    lease_ms: int,
+) -> HeartbeatReply:
+    now = clock.now_ms()
+    lost: list[RunId] = []
+    cancels: list[RunId] = []
+    for lease in leases:
+        row = conn.execute(
+            Q["extend_lease"],
+            {"id": lease.run_id, "revision": lease.revision, "lease_expires_at": now + lease_ms},
+        ).fetchone()
+        if row is None:
+            lost.append(lease.run_id)
+        elif row[0]:
+            cancels.append(lease.run_id)
+    conn.execute(Q["touch_worker"], {"id": worker_id, "now": now})
+    return HeartbeatReply(lost=tuple(lost), cancel_requested=tuple(cancels))
+
+
+def start_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, start: TaskStart) -> None:
+    now = clock.now_ms()
+    _running(conn, lease)
+    address = start.address
+    _append_event(
+        conn,
+        lease.run_id,
+        now,
+        EventKind.TASK_STARTED,
+        RunState.RUNNING,
+        {
+            "task": address.task,
+            "index": address.index,
+            "digest": address.digest,
+            "attempt": start.attempt,
+            "worker_id": start.worker_id,
+        },
+    )
+
+
+def finish_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, end: TaskEnd) -> bool:
+    now = clock.now_ms()
+    cancel_requested = _running(conn, lease)
+    address = end.address
+    conn.execute(
+        Q["upsert_task_result"],
+        {
+            "run_id": lease.run_id,
+            "task": address.task,
+            "digest": address.digest,
+            "idx": address.index,
+            "outcome": end.outcome.value,
+            "attempts": end.attempt,
+            "result": end.result_json,
+            "error": _error_text(end.error),
+            "now": now,
+        },
+    )
+    kind = (
+        EventKind.TASK_COMPLETED if end.outcome is TaskOutcome.COMPLETED else EventKind.TASK_FAILED
+    )
+    _append_event(
+        conn,
+        lease.run_id,
+        now,
+        kind,
+        RunState.RUNNING,
+        {
+            "task": address.task,
+            "index": address.index,
+            "digest": address.digest,
+            "attempt": end.attempt,
+            "worker_id": end.worker_id,
+            "duration_ms": end.duration_ms,
+            "error": None if end.error is None else end.error.to_json(),
+            "final": end.outcome is TaskOutcome.FAILED,
+            "retry_delay_ms": end.retry_delay_ms,
+        },
+    )
+    return cancel_requested
+
+
+def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo) -> None:
+    now = clock.now_ms()
+    state, _, _ = _held_state(conn, lease)
+    target = check_transition(lease.run_id, state, RunAction.SUSPEND)
+    conn.execute(
+        Q["suspend_run"],
+        {
+            "id": lease.run_id,
+            "wait_kind": wait.kind.value,
+            "wait_until": wait.until_ms,
+            "wait_detail": wait.detail,
+            "now": now,
+        },
+    )
+    _append_event(
+        conn,
+        lease.run_id,
+        now,
+        EventKind.SUSPENDED,
+        target,
+        {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail},
+    )
+
+
+def release(conn: sqlite3.Connection, clock: Clock, lease: Lease) -> None:
+    now = clock.now_ms()
+    state, _, worker_id = _held_state(conn, lease)
+    target = check_transition(lease.run_id, state, RunAction.RELEASE)
+    conn.execute(Q["requeue_run"], {"id": lease.run_id, "recovered": 0, "now": now})
+    _append_event(conn, lease.run_id, now, EventKind.RELEASED, target, {"worker_id": worker_id})
+
+
+def finish(conn: sqlite3.Connection, clock: Clock, lease: Lease, outcome: RunOutcome) -> RunStatus:
+    now = clock.now_ms()
+    state, _, _ = _held_state(conn, lease)
+    target = check_transition(lease.run_id, state, _END_ACTIONS[outcome.state])
+    run = _end_run(
+        conn,
+        lease.run_id,
+        now,
+        target,
+        result_json=outcome.result_json,
+        error=outcome.error,
+        reason=outcome.reason,
+    )
+    data: dict[str, Any] = {}
+    if outcome.error is not None:
+        data["error"] = outcome.error.to_json()
+    if target is RunState.CANCELLED:
+        data["reason"] = run.cancel_reason
+    _append_event(conn, lease.run_id, now, _END_EVENTS[target], target, data)
+    return run
+
+
+def register_worker(
+    conn: sqlite3.Connection, clock: Clock, worker_id: WorkerId, workflows: Sequence[WorkflowKey]
+) -> None:
+    now = clock.now_ms()
+    keys = list(dict.fromkeys(workflows))
+    conn.execute(
+        Q["upsert_worker"],
+        {
+            "id": worker_id,
+            "workflows": _json([{"name": key.name, "version": key.version} for key in keys]),
+            "now": now,
+        },
+    )
+    for key in keys:
+        conn.execute(Q["insert_workflow"], {"name": key.name, "version": key.version, "now": now})
+
+
+# --- timers -------------------------------------------------------------------------------------
+
+
+def fire_timers(
+    conn: sqlite3.Connection, clock: Clock, *, max_recovery_attempts: int, limit: int
+) -> TimerReport:
+    now = clock.now_ms()
+    expired: list[RunId] = []
+    ended: list[RunId] = []
+    woken: list[RunId] = []
+    if limit > 0:
+        # fetchall: the loop below updates the rows this query reads.
+        rows = conn.execute(Q["expired_leases"], {"now": now, "limit": limit}).fetchall()
+        for run_id, worker_id, recovery_attempts, cancel_requested, cancel_reason in rows:
+            outcome = _expire_lease(
+                conn,
+                run_id,
+                now,
+                worker_id=worker_id,
+                recovery_attempts=recovery_attempts,
+                cancel_requested=bool(cancel_requested),
+                cancel_reason=cancel_reason,
+                max_recovery_attempts=max_recovery_attempts,
+            )
+            (ended if outcome.is_final else expired).append(RunId(run_id))
+    remaining = limit - len(expired) - len(ended)
+    if remaining > 0:
+        rows = conn.execute(Q["due_waits"], {"now": now, "limit": remaining}).fetchall()
+        for run_id, wait_kind, wait_detail in rows:
+            target = check_transition(run_id, RunState.WAITING, RunAction.WAKE)
+            conn.execute(Q["requeue_run"], {"id": run_id, "recovered": 0, "now": now})
+            _append_event(
+                conn,
+                run_id,
+                now,
+                EventKind.WOKEN,
+                target,
+                {"kind": wait_kind, "detail": wait_detail},
+            )
+            woken.append(RunId(run_id))
+    dues = [
+        due
+        for due in (
+            conn.execute(Q["next_wait_due"]).fetchone()[0],
+            conn.execute(Q["next_lease_due"]).fetchone()[0],
+        )
+        if due is not None
+    ]
+    return TimerReport(
+        woken=tuple(woken),
+        expired=tuple(expired),
+        ended=tuple(ended),
+        next_due_ms=min(dues) if dues else None,
+    )
+
+
+def _expire_lease(
+    conn: sqlite3.Connection,
+    run_id: str,
+    now: int,
+    *,
+    worker_id: str | None,
+    recovery_attempts: int,
+    cancel_requested: bool,
+    cancel_reason: str | None,
+    max_recovery_attempts: int,
+) -> RunState:
+    """Take back a run whose worker went silent; return the state it is left in."""
+    losses = recovery_attempts + 1
+    data: dict[str, Any] = {
+        "worker_id": worker_id,
+        "interrupted": _interrupted_tasks(conn, run_id),
+    }
+    if cancel_requested:
+        target = check_transition(run_id, RunState.RUNNING, RunAction.CANCEL)
+        _end_run(conn, run_id, now, target)
+        data |= {"reason": cancel_reason, "lease_expired": True}
+        _append_event(conn, run_id, now, EventKind.CANCELLED, target, data)
+    elif losses > max_recovery_attempts:
+        target = check_transition(run_id, RunState.RUNNING, RunAction.FAIL)
+        error = ErrorInfo(
+            type=LEASE_EXPIRED_ERROR_TYPE,
+            message=(
+                f"workflow run {run_id} lost its worker {losses} time(s), the last time worker "
+                f"{worker_id!r}; max_recovery_attempts is {max_recovery_attempts}"
+            ),
+        )
+        _end_run(conn, run_id, now, target, error=error)
+        data |= {"error": error.to_json(), "lease_expired": True}
+        _append_event(conn, run_id, now, EventKind.FAILED, target, data)
+    else:
+        target = check_transition(run_id, RunState.RUNNING, RunAction.EXPIRE_LEASE)
+        conn.execute(Q["requeue_run"], {"id": run_id, "recovered": 1, "now": now})
+        data["recovery_attempts"] = losses
+        _append_event(conn, run_id, now, EventKind.LEASE_EXPIRED, target, data)
+    return target
+
+
+def _interrupted_tasks(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    """The task attempts the lost worker started and never reported, oldest first."""
+    started: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for kind, text in conn.execute(Q["task_events_of_attempt"], {"run_id": run_id}):
+        data = json.loads(text)
+        key = (data["task"], data["digest"], data["index"], data["attempt"])
+        if kind == EventKind.TASK_STARTED.value:
+            started[key] = {name: data[name] for name in ("task", "index", "digest", "attempt")}
+        else:
+            started.pop(key, None)
+    return list(started.values())
