@@ -151,13 +151,15 @@ RETURNING id, workflow, version, state, payload, result, error, idempotency_key,
           lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at;
 
 -- name: due_waits
-SELECT id, wait_kind, wait_detail FROM runs
+-- INDEXED BY: without statistics the planner would take runs_by_state and sort every waiting run.
+SELECT id, wait_kind, wait_detail FROM runs INDEXED BY runs_wait_due
 WHERE state = 'waiting' AND wait_until <= :now
 ORDER BY wait_until
 LIMIT :limit;
 
 -- name: expired_leases
-SELECT id, worker_id, recovery_attempts, cancel_requested, cancel_reason FROM runs
+SELECT id, worker_id, recovery_attempts, cancel_requested, cancel_reason
+FROM runs INDEXED BY runs_lease_due
 WHERE state = 'running' AND lease_expires_at <= :now
 ORDER BY lease_expires_at
 LIMIT :limit;
@@ -172,7 +174,7 @@ WHERE run_id = :run_id
 ORDER BY seq;
 
 -- name: next_wait_due
-SELECT MIN(wait_until) FROM runs WHERE state = 'waiting';
+SELECT MIN(wait_until) FROM runs INDEXED BY runs_wait_due WHERE state = 'waiting';
 
 -- name: next_lease_due
-SELECT MIN(lease_expires_at) FROM runs WHERE state = 'running';
+SELECT MIN(lease_expires_at) FROM runs INDEXED BY runs_lease_due WHERE state = 'running';
