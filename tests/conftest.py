@@ -32,9 +32,7 @@ async def client(srv: aiki.Server) -> AsyncIterator[aiki.Client]:
 
 
 @pytest.fixture
-async def make_worker(
-    client: aiki.Client, clock: FakeClock
-) -> AsyncIterator[WorkerFactory]:
+async def make_worker(client: aiki.Client, clock: FakeClock) -> AsyncIterator[WorkerFactory]:
     """Start workers on the shared fake clock; every one is stopped at the end of the test."""
     started: list[aiki.Worker] = []
 

@@ -68,6 +68,7 @@ __all__ = [
     "TaskFailedError",
     "WaitInfo",
     "Worker",
+    "Workflow",
     "WorkflowRun",
     "WorkflowRunCancelledError",
     "WorkflowRunConfig",

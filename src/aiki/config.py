@@ -72,7 +72,13 @@ class WorkflowRunConfig:
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             lease_ms=self.lease_ms,
         )
-        if self.max_inline_retry_delay_ms < 0:
+        inline = self.max_inline_retry_delay_ms
+        if isinstance(inline, bool) or not isinstance(inline, int):
+            raise TypeError(
+                "WorkflowRunConfig.max_inline_retry_delay_ms must be an int, "
+                f"got {type(inline).__name__}"
+            )
+        if inline < 0:
             raise ValueError("WorkflowRunConfig.max_inline_retry_delay_ms must be >= 0")
         if self.lease_ms is not None and self.lease_ms <= self.heartbeat_interval_ms:
             raise ValueError(

@@ -9,9 +9,7 @@ from aiki.examples import morning_routine, user_onboarding_v1, user_onboarding_v
 from conftest import WorkerFactory
 
 
-async def test_morning_routine_end_to_end(
-    client: aiki.Client, make_worker: WorkerFactory
-) -> None:
+async def test_morning_routine_end_to_end(client: aiki.Client, make_worker: WorkerFactory) -> None:
     await make_worker(morning_routine, id="worker-1")
     handle = await morning_routine.enqueue(
         client, payload={"user_id": "123"}, idempotency_key="user-123-morning"
@@ -71,9 +69,7 @@ async def test_two_versions_run_side_by_side(
     assert (await v2.get_status()).version == "2.0.0"
 
 
-async def test_run_stays_on_its_version(
-    client: aiki.Client, make_worker: WorkerFactory
-) -> None:
+async def test_run_stays_on_its_version(client: aiki.Client, make_worker: WorkerFactory) -> None:
     """A worker serving only v2 never takes a v1 run; a v1 worker later does."""
     v1 = await user_onboarding_v1.enqueue(client, payload={"user_id": "a"})
     v2 = await user_onboarding_v2.enqueue(client, payload={"user_id": "b"})

@@ -73,7 +73,9 @@ async def test_completed_tasks_are_not_run_again(
 ) -> None:
     plan, calls = Plan(["a", "b"]), Calls()
     workflow = make_workflow(plan, calls)
-    handle = await crash_and_resume(plan, workflow, client, make_worker, clock, new_steps=["a", "b"])
+    handle = await crash_and_resume(
+        plan, workflow, client, make_worker, clock, new_steps=["a", "b"]
+    )
 
     assert await handle.wait_for_completion(timeout=10) == ["a#1", "b#1"]
     assert calls["a"] == 1 and calls["b"] == 1
@@ -85,7 +87,9 @@ async def test_reordering_recorded_calls_is_safe(
 ) -> None:
     plan, calls = Plan(["a", "b"]), Calls()
     workflow = make_workflow(plan, calls)
-    handle = await crash_and_resume(plan, workflow, client, make_worker, clock, new_steps=["b", "a"])
+    handle = await crash_and_resume(
+        plan, workflow, client, make_worker, clock, new_steps=["b", "a"]
+    )
 
     assert await handle.wait_for_completion(timeout=10) == ["b#1", "a#1"]
     assert calls["a"] == 1 and calls["b"] == 1
@@ -138,7 +142,8 @@ async def test_changed_payload_is_a_divergence_even_if_caught(
 ) -> None:
     """Workflow code that swallows the error still cannot complete the run."""
     calls = Calls()
-    state = {"payload": "x", "parked": asyncio.Event()}
+    payload = "x"
+    parked = asyncio.Event()
 
     @aiki.task(name="echo")
     async def echo(ctx: aiki.TaskContext[str]) -> str:
@@ -148,24 +153,19 @@ async def test_changed_payload_is_a_divergence_even_if_caught(
     @aiki.workflow(name="swallow", version="1")
     async def swallow(workflow_run: aiki.WorkflowRun[Any]) -> str:
         try:
-            value = await echo.run(workflow_run, payload=state["payload"])
+            value = await echo.run(workflow_run, payload=payload)
         except aiki.NondeterminismError:
             return "swallowed"
-        if state["payload"] == "x":
-            await echo.run(workflow_run, payload="x-again")  # recorded, then we park
-            parked = state["parked"]
-            assert isinstance(parked, asyncio.Event)
-            parked.set()
-            await asyncio.Event().wait()
-        return str(value)
+        await echo.run(workflow_run, payload="x-again")
+        parked.set()
+        await asyncio.Event().wait()  # the crash happens here
+        return value
 
     first = await make_worker(swallow, workflow_run=LEASE)
     handle = await swallow.enqueue(client)
-    parked = state["parked"]
-    assert isinstance(parked, asyncio.Event)
     await parked.wait()
     await kill_worker(first)
-    state["payload"] = "y"
+    payload = "y"  # the deploy changed the first call's payload
     await make_worker(swallow, workflow_run=LEASE)
     await clock.advance(3_001)
 

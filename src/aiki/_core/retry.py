@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,18 +15,28 @@ class RetryKind(StrEnum):
     JITTERED = "jittered"
 
 
+# The longest wait a policy can produce, so huge exponents never overflow: 30 days.
+_MAX_DELAY_MS = 30 * 24 * 3600 * 1000
+
+
 def _check(max_attempts: int, **delays: int | float | None) -> None:
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
         raise TypeError(f"max_attempts must be an int, got {type(max_attempts).__name__}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     for name, value in delays.items():
-        if value is None:
+        if value is None and name == "max_delay_ms":
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        _check_number(name, value, minimum=0)
+
+
+def _check_number(name: str, value: object, *, minimum: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,8 +74,7 @@ class Retry:
     ) -> Retry:
         """Up to `max_attempts` tries; the n-th retry waits `base_delay_ms * factor**(n-1)`."""
         _check(max_attempts, base_delay_ms=base_delay_ms, max_delay_ms=max_delay_ms)
-        if factor < 1:
-            raise ValueError(f"factor must be >= 1, got {factor}")
+        _check_number("factor", factor, minimum=1)
         return cls(
             kind=RetryKind.EXPONENTIAL,
             max_attempts=max_attempts,
@@ -100,9 +110,11 @@ class Retry:
             return None
         if self.kind is RetryKind.FIXED:
             return self.delay_ms
-        delay = self.delay_ms * self.factor ** (attempt - 1)
-        if self.max_delay_ms is not None:
-            delay = min(delay, self.max_delay_ms)
+        try:
+            delay = self.delay_ms * self.factor ** (attempt - 1)
+        except OverflowError:
+            delay = math.inf
+        delay = min(delay, _MAX_DELAY_MS if self.max_delay_ms is None else self.max_delay_ms)
         if self.kind is RetryKind.JITTERED:
             delay = random.uniform(0, delay)
         return int(delay)

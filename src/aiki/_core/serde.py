@@ -17,9 +17,7 @@ import pydantic
 
 from aiki.errors import PayloadError, PayloadTooLargeError
 
-JSONValue: TypeAlias = (
-    dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
-)
+JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -32,10 +30,10 @@ def to_json_value(value: object, *, what: str) -> JSONValue:
     Pydantic models become their JSON-mode dump. Tuples are refused like any other non-JSON
     type: a tuple that came back as a list on replay would change the workflow's behaviour.
     """
-    if isinstance(value, pydantic.BaseModel):
-        dumped: JSONValue = value.model_dump(mode="json")
-        return dumped
-    return _walk(value, what, "")
+    try:
+        return _walk(value, what, "")
+    except RecursionError:
+        raise PayloadError(f"{what}: value is nested too deeply or contains itself") from None
 
 
 def _walk(value: object, what: str, path: str) -> JSONValue:
@@ -58,8 +56,8 @@ def _walk(value: object, what: str, path: str) -> JSONValue:
     if isinstance(value, list):
         return [_walk(item, what, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, pydantic.BaseModel):
-        nested: JSONValue = value.model_dump(mode="json")
-        return nested
+        # The dump may still hold NaN or infinity: check it like any other value.
+        return _walk(value.model_dump(mode="json"), what, path)
     raise PayloadError(
         f"{what}: value of type {type(value).__qualname__} at {path or 'top level'} is not "
         "JSON-serializable (use dict, list, str, int, float, bool, None or a pydantic model)"
@@ -83,6 +81,10 @@ def encode(value: object, *, what: str, limit: int | None = DEFAULT_MAX_PAYLOAD_
     `limit=None` skips the size check, for callers that leave it to the server.
     """
     text = dumps(to_json_value(value, what=what))
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 form, so no JSON text
+        raise PayloadError(f"{what}: string is not valid Unicode ({exc.reason})") from None
     if limit is not None:
         check_size(text, what=what, limit=limit)
     return text

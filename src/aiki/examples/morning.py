@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiki._core.retry import Retry
-from aiki.sdk import TaskContext, WorkflowRun, task, workflow
+from aiki.sdk import Task, TaskContext, WorkflowRun, task, workflow
 
-ring_alarm = task(
+ring_alarm: Task[dict[str, Any], str] = task(
     name="ring-alarm",
     run=lambda ctx: ctx.payload["song"],
     retry=Retry.fixed(max_attempts=3, delay_ms=1000),

@@ -21,7 +21,7 @@ def check_single_argument(fn: Callable[..., Any], *, what: str, argument: str) -
     except TypeError:
         raise TypeError(
             f"{what}: run function must take exactly one argument (the {argument}), "
-            f"but its signature is {fn.__name__}{signature}"
+            f"but its signature is {getattr(fn, '__name__', type(fn).__name__)}{signature}"
         ) from None
 
 
