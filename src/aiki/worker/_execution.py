@@ -53,7 +53,7 @@ _log = logging.getLogger("aiki.worker")
 _SETTLE_TURNS = 3
 
 
-class _Suspended(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class _Suspended(BaseException):
     """Unwinds the workflow when the run must wait off the worker (long retry backoff).
 
     A BaseException, so `except Exception` in workflow code does not swallow it.
@@ -147,7 +147,7 @@ class RunExecution:
             if self._stop_reason is None:
                 raise  # cancelled by something other than the worker: not ours to judge
             if self._stop_reason is StopReason.CANCEL:
-                outcome = RunOutcome(state=RunState.CANCELLED, reason="cancelled")
+                outcome = RunOutcome(state=RunState.CANCELLED)  # storage keeps the reason given
         except Exception as exc:
             outcome = RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(exc))
         await self._conclude(outcome)
@@ -171,7 +171,9 @@ class RunExecution:
             outcome = RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(self._fatal))
         elif self._wake_at_ms is not None and reason is None:
             await self._idle.wait()  # let sibling attempts (asyncio.gather) record their results
-            wait = WaitInfo(kind=WaitKind.RETRY, until_ms=self._wake_at_ms, detail=self._wait_detail)
+            wait = WaitInfo(
+                kind=WaitKind.RETRY, until_ms=self._wake_at_ms, detail=self._wait_detail
+            )
             await self._write(self._api.suspend(self.lease, wait))
             return
         if outcome is None:
@@ -183,7 +185,9 @@ class RunExecution:
             await self._write(self._api.finish(self.lease, outcome))
         except PayloadError as exc:  # the server refused the result (too large)
             error = ErrorInfo.from_exception(exc)
-            await self._write(self._api.finish(self.lease, RunOutcome(state=RunState.FAILED, error=error)))
+            await self._write(
+                self._api.finish(self.lease, RunOutcome(state=RunState.FAILED, error=error))
+            )
 
     async def _write(self, write: Awaitable[None]) -> None:
         """Make a write that must not be lost to a cancellation of this run's code."""
@@ -313,7 +317,9 @@ class RunExecution:
         if delay is None:
             await self._report(self._end(address, attempt, began, TaskOutcome.FAILED, error=error))
             raise TaskFailedError(task_name=task.name, attempts=attempt, error=error) from exc
-        end = self._end(address, attempt, began, TaskOutcome.RETRYING, error=error, retry_delay_ms=delay)
+        end = self._end(
+            address, attempt, began, TaskOutcome.RETRYING, error=error, retry_delay_ms=delay
+        )
         await self._report(end)
         return _Retry(delay)
 
@@ -390,4 +396,3 @@ def _retry_delay(task: Task[Any, Any], attempt: int, exc: Exception) -> int | No
     if isinstance(exc, RetryLaterError):
         return exc.delay_ms
     return delay
-
