@@ -68,8 +68,10 @@ class ErrorInfo:
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         """Describe `exc` without ever raising, whatever its `__str__` does."""
         kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else (
-            f"{kind.__module__}.{kind.__qualname__}"
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
         )
         try:
             message = str(exc)
@@ -88,8 +90,9 @@ class ErrorInfo:
     @classmethod
     def from_json(cls, data: dict[str, str | None]) -> ErrorInfo:
         """Rebuild from `to_json()` output."""
-        return cls(type=str(data["type"]), message=str(data["message"]),
-                   traceback=data.get("traceback"))
+        return cls(
+            type=str(data["type"]), message=str(data["message"]), traceback=data.get("traceback")
+        )
 
 
 class AikiError(Exception):
@@ -155,7 +158,9 @@ class WorkflowRunFailedError(WorkflowRunError):
     """The run ended `failed`; `error` says why."""
 
     def __init__(self, *, run_id: str, error: ErrorInfo) -> None:
-        super().__init__(f"workflow run {run_id} failed: {error.type}: {error.message}", run_id=run_id)
+        super().__init__(
+            f"workflow run {run_id} failed: {error.type}: {error.message}", run_id=run_id
+        )
         self.error = error
 
 

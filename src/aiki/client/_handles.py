@@ -11,7 +11,7 @@ from aiki._core.serde import Decoder
 from aiki._core.states import RunState
 from aiki.errors import WorkflowRunCancelledError, WorkflowRunFailedError
 
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)  # a handle only hands results out
 
 _RAW = Decoder(Any)
 

@@ -5,4 +5,13 @@ from aiki.sdk._registry import Registry
 from aiki.sdk.task import Task, task
 from aiki.sdk.workflow import Workflow, workflow
 
-__all__ = ["Params", "Registry", "Task", "TaskContext", "Workflow", "WorkflowRun", "task", "workflow"]
+__all__ = [
+    "Params",
+    "Registry",
+    "Task",
+    "TaskContext",
+    "Workflow",
+    "WorkflowRun",
+    "task",
+    "workflow",
+]

@@ -136,8 +136,6 @@ class Storage(Protocol):
         """
         ...
 
-    async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]
-    ) -> None:
+    async def register_worker(self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]) -> None:
         """Record that this worker is alive and serves these workflows."""
         ...

@@ -162,7 +162,9 @@ class Worker:
                         _FIRST_RETRY_DELAY_MS * 2 ** min(failures - 1, 20),
                         config.max_retry_delay_ms,
                     )
-                    _log.warning("worker %s: poll failed (%s); retrying in %d ms", self.id, exc, delay)
+                    _log.warning(
+                        "worker %s: poll failed (%s); retrying in %d ms", self.id, exc, delay
+                    )
                     await self._clock.sleep_ms(delay)
                     continue
                 failures = 0
@@ -216,7 +218,9 @@ class Worker:
         except asyncio.CancelledError:
             pass  # the execution was stopped from outside and has concluded as it should
         except Exception:
-            _log.exception("worker %s: run %s broke off; its lease will expire", self.id, execution.run_id)
+            _log.exception(
+                "worker %s: run %s broke off; its lease will expire", self.id, execution.run_id
+            )
         finally:
             self._active.pop(execution.run_id, None)
             self._run_tasks.pop(execution.run_id, None)
@@ -229,9 +233,14 @@ class Worker:
         interval = self.run_config.heartbeat_interval_ms
         while True:
             await self._clock.sleep_ms(interval)
-            leases = [Lease(run_id=e.lease.run_id, revision=e.lease.revision) for e in self._active.values()]
+            leases = [
+                Lease(run_id=e.lease.run_id, revision=e.lease.revision)
+                for e in self._active.values()
+            ]
             try:
-                reply = await self._api.heartbeat(self.id, leases, self.run_config.effective_lease_ms)
+                reply = await self._api.heartbeat(
+                    self.id, leases, self.run_config.effective_lease_ms
+                )
             except Exception as exc:
                 _log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue

@@ -1,0 +1,1 @@
+"""The `aiki` command line."""
