@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 
 from aiki.storage._sql_files import Migration
@@ -34,7 +35,7 @@ def connect(path: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
     try:
         # The busy timeout first: switching to WAL needs a lock another process may hold.
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL").fetchall()
+        _enable_wal(conn, busy_timeout_ms)
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute("PRAGMA cache_size = -16000")  # KiB
@@ -42,6 +43,20 @@ def connect(path: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+    # locked" at once, without its busy handler, when another connection is switching too.
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)  # on the writer thread, before it takes any work
 
 
 def split_statements(script: str) -> Iterator[str]:
@@ -64,7 +79,9 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration], *, now_ms
     Each migration checks `schema_migrations` again under the write lock, so two processes
     opening one database at once apply it once.
     """
+    conn.execute("BEGIN IMMEDIATE")  # a write from the start: waits for the lock, never deadlocks
     conn.execute(_CREATE_MIGRATIONS_TABLE)
+    conn.execute("COMMIT")
     done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     applied: list[int] = []
     for migration in migrations:
