@@ -61,8 +61,8 @@ _END_EVENTS = {
 # --- rows and JSON ----------------------------------------------------------------------------
 
 
-def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+# Built once: `json.dumps` with non-default options builds a new encoder on every call.
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _error_text(error: ErrorInfo | None) -> str | None:

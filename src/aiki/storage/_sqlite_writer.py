@@ -52,7 +52,7 @@ class _Stop:
         self.loop = loop
 
 
-def wrap_error(exc: Exception) -> Exception:
+def wrap_error(exc: BaseException) -> BaseException:
     """A driver error becomes `StorageError` (with the driver's as its cause); others pass."""
     if isinstance(exc, sqlite3.Error):
         error = StorageError(f"SQLite: {exc}")
@@ -207,7 +207,9 @@ class SqliteWriter:
     def _run(self, conn: sqlite3.Connection, batch: list[_Request]) -> list[_Outcome]:
         try:
             return self._transaction(conn, batch)
-        except Exception as exc:  # the transaction itself failed: nothing in it was committed
+        # The transaction itself failed: nothing in it was committed. BaseException too, so
+        # that no caller waits forever on a batch the thread gave up.
+        except BaseException as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")

@@ -7,6 +7,7 @@ committed in groups: one transaction, one commit, many operations.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from types import TracebackType
@@ -65,6 +66,7 @@ class SqliteStorage:
         self._max_batch = max_batch
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: SqliteWriter | None = None
+        self._lifecycle = asyncio.Lock()  # open() and close() one at a time
 
     @property
     def path(self) -> str:
@@ -92,19 +94,21 @@ class SqliteStorage:
         Raises:
             StorageError: the database cannot be opened or migrated.
         """
-        if self._writer is not None:
-            return
-        writer = SqliteWriter(
-            self._connect, max_batch=self._max_batch, name=f"aiki-sqlite {self._path}"
-        )
-        await writer.start()
-        self._writer = writer
+        async with self._lifecycle:
+            if self._writer is not None:
+                return
+            writer = SqliteWriter(
+                self._connect, max_batch=self._max_batch, name=f"aiki-sqlite {self._path}"
+            )
+            await writer.start()
+            self._writer = writer
 
     async def close(self) -> None:
         """Commit every queued operation, then close the database. It may be opened again."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            await writer.close()
+        async with self._lifecycle:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                await writer.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
