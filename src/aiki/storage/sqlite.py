@@ -44,7 +44,7 @@ class SqliteStorage:
 
     Use it as an async context manager, or call `open()` and `close()`. Several processes may
     share one file: each write transaction takes SQLite's write lock, waiting up to
-    `busy_timeout_ms` for it.
+    `busy_timeout_ms` for it. A `":memory:"` database lives until `close()`.
 
     Args:
         path: the database file, created if missing, or `":memory:"`.
