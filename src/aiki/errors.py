@@ -7,6 +7,8 @@ AikiError
     ServerUnavailableError
     RunNotFoundError
     IdempotencyConflictError
+    InvalidRequestError        (also ValueError)   a request the server could not accept
+    UnauthorizedError          missing or wrong API key
   PayloadError                 (also TypeError)   a payload or result that is not JSON
     PayloadTooLargeError       (also ValueError)
   WorkflowRunError             raised from RunHandle.wait_for_completion()
@@ -35,6 +37,7 @@ __all__ = [
     "ErrorInfo",
     "IdempotencyConflictError",
     "IllegalTransitionError",
+    "InvalidRequestError",
     "LeaseLostError",
     "NonRetryableError",
     "NondeterminismError",
@@ -46,6 +49,7 @@ __all__ = [
     "StorageError",
     "TaskError",
     "TaskFailedError",
+    "UnauthorizedError",
     "WorkflowRunCancelledError",
     "WorkflowRunError",
     "WorkflowRunFailedError",
@@ -131,6 +135,22 @@ class IdempotencyConflictError(ClientError):
         self.version = version
         self.idempotency_key = idempotency_key
         self.run_id = run_id
+
+
+class InvalidRequestError(ClientError, ValueError):
+    """The server refused a request it cannot read: bad JSON, a wrong type, a missing field.
+
+    `field` names the offending part of the request (e.g. "limit", "outcome.state"), or is
+    None when the request as a whole is unreadable.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnauthorizedError(ClientError):
+    """The server requires an API key and the request had none, or a wrong one."""
 
 
 class PayloadError(AikiError, TypeError):
