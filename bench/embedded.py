@@ -71,6 +71,8 @@ class Throughput:
     latencies_ms: list[float]
     not_completed: dict[str, int]  # state -> count, for runs that did not end `completed`
     writer: WriterStats
+    cpu_s: float  # CPU time of the whole process (every thread) during the phase
+    loop_cpu_s: float  # CPU time of the event loop's thread during the phase
 
 
 @dataclass
@@ -79,12 +81,17 @@ class Latency:
     writer: WriterStats
 
 
+Enqueue = Callable[[int], Awaitable[tuple[str, float]]]
+Measured = tuple[dict[str, float], dict[str, float], float]
+
+
 async def _storage_completion(
-    client: aiki.Client, enqueue: Callable[[int], Awaitable[tuple[str, float]]], args: Any
-) -> tuple[dict[str, float], dict[str, float], float]:
+    client: aiki.Client, enqueue: Enqueue, ended_cb: Callable[[], None], args: Any
+) -> Measured:
     """Enqueue everything, wait for the end, then read completion times back from storage.
 
     Returns (run id -> enqueue start, run id -> completion, both in wall-clock ms; enqueue end).
+    `ended_cb` is called once the runs have ended, before the reads that check it.
     """
     starts: dict[str, float] = {}
     last_id = ""
@@ -101,6 +108,7 @@ async def _storage_completion(
     while pending:
         for run_id in pending:
             await _settled(client.get_handle(run_id).wait_for_completion(timeout=args.timeout))
+        ended_cb()
         ended = await _statuses(client)
         pending = [run_id for run_id in starts if not ended[run_id].state.is_final]
     ends = {run_id: float(ended[run_id].updated_at_ms) for run_id in starts}
@@ -108,8 +116,8 @@ async def _storage_completion(
 
 
 async def _handle_completion(
-    client: aiki.Client, enqueue: Callable[[int], Awaitable[tuple[str, float]]], args: Any
-) -> tuple[dict[str, float], dict[str, float], float]:
+    client: aiki.Client, enqueue: Enqueue, ended_cb: Callable[[], None], args: Any
+) -> Measured:
     """Enqueue everything, each enqueue followed by a waiter on its handle; time the waiters."""
     starts: dict[str, float] = {}
     ends: dict[str, float] = {}
@@ -127,6 +135,7 @@ async def _handle_completion(
         waiters.extend(asyncio.create_task(wait(run_id)) for run_id, _ in chunk)
     enqueue_end = time.time() * 1000
     await asyncio.gather(*waiters)
+    ended_cb()
     return starts, ends, enqueue_end
 
 
@@ -153,10 +162,19 @@ async def throughput(client: aiki.Client, stats: WriterStats, args: Any) -> Thro
         handle = await two_tasks.enqueue(client, payload={"i": i})
         return handle.id, start
 
+    # CPU time and storage work are counted from the first enqueue until every run has ended,
+    # not during the reads that check it afterwards.
     before = stats.checkpoint()
+    cpu_start = (time.process_time(), time.thread_time())
+    window: list[Any] = []
+
+    def ended() -> None:
+        window[:] = [time.process_time(), time.thread_time(), stats.since(before)]
+
     measure = _storage_completion if args.observe == "storage" else _handle_completion
-    starts, ends, enqueue_end = await measure(client, enqueue, args)
-    writer = stats.since(before)
+    starts, ends, enqueue_end = await measure(client, enqueue, ended, args)
+    cpu, loop_cpu = window[0] - cpu_start[0], window[1] - cpu_start[1]
+    writer: WriterStats = window[2]
     first = min(starts.values())
     statuses = await _statuses(client)
     not_completed: dict[str, int] = {}
@@ -171,6 +189,8 @@ async def throughput(client: aiki.Client, stats: WriterStats, args: Any) -> Thro
         latencies_ms=[ends[run_id] - start for run_id, start in starts.items()],
         not_completed=not_completed,
         writer=writer,
+        cpu_s=cpu,
+        loop_cpu_s=loop_cpu,
     )
 
 
@@ -215,6 +235,17 @@ def report_throughput(result: Throughput, args: Any) -> list[tuple[str, str]]:
         ("enqueue->completion p99", f"{percentile(lat, 99):,.1f} ms"),
         ("enqueue->completion max", f"{max(lat):,.1f} ms"),
         ("completion measured at", observed),
+        (
+            "CPU per workflow",
+            f"{result.cpu_s / result.runs * 1e6:,.0f} us: event loop thread "
+            f"{result.loop_cpu_s / result.runs * 1e6:,.0f} us, other threads (SQLite writer) "
+            f"{(result.cpu_s - result.loop_cpu_s) / result.runs * 1e6:,.0f} us",
+        ),
+        (
+            "CPU busy",
+            f"{result.cpu_s / result.elapsed_s:.0%} of one core (event loop thread "
+            f"{result.loop_cpu_s / result.elapsed_s:.0%})",
+        ),
         ("storage transactions", _per_run(w.transactions, result.runs)),
         ("  of which write", _per_run(w.write_transactions, result.runs)),
         ("storage operations", f"{_per_run(w.writes, result.runs)} writes, {w.reads:,} reads"),
