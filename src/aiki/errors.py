@@ -20,6 +20,7 @@ AikiError
   TaskFailedError              a task failed for good; raised inside the workflow
   NondeterminismError          replay diverged from the recorded history
   LeaseLostError               a worker wrote with a revision it no longer holds
+  RecoveryLimitError           a run lost its worker more often than max_recovery_attempts
   IllegalTransitionError       a state change the run's state machine forbids
   StorageError                 backend failures, wrapped at the backend edge
 ```
@@ -43,6 +44,7 @@ __all__ = [
     "NondeterminismError",
     "PayloadError",
     "PayloadTooLargeError",
+    "RecoveryLimitError",
     "RetryLaterError",
     "RunNotFoundError",
     "ServerUnavailableError",
@@ -234,6 +236,14 @@ class LeaseLostError(AikiError):
         super().__init__(f"run {run_id}: revision {revision} is no longer current")
         self.run_id = run_id
         self.revision = revision
+
+
+class RecoveryLimitError(AikiError):
+    """A run lost its worker more often than `max_recovery_attempts` allows: it failed.
+
+    Stored as the failed run's error type; a poison run (one that kills every worker that
+    takes it) ends this way instead of cycling forever.
+    """
 
 
 class IllegalTransitionError(AikiError):

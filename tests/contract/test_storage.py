@@ -878,7 +878,7 @@ async def test_expired_lease_past_the_recovery_limit_fails_the_run(
     run, history = await snapshot(storage, run_id)
     assert run.state is RunState.FAILED
     assert run.error is not None
-    assert "LeaseExpired" in run.error.type
+    assert "RecoveryLimitError" in run.error.type
     assert "3 time" in run.error.message
     assert "max_recovery_attempts is 2" in run.error.message
     assert history[-1].kind is EventKind.FAILED
@@ -971,6 +971,45 @@ async def test_history_of_a_whole_run(storage: Storage, clock: FakeClock) -> Non
 
 
 async def test_register_worker_is_repeatable(storage: Storage) -> None:
-    await storage.register_worker(WORKER, [KEY, fresh_key()])
-    await storage.register_worker(WORKER, [KEY])
-    await storage.register_worker(OTHER_WORKER, [])
+    await storage.register_worker(WORKER, [KEY, fresh_key()], 1_000)
+    await storage.register_worker(WORKER, [KEY], 1_000)
+    await storage.register_worker(OTHER_WORKER, [], 1_000)
+
+
+async def test_workers_are_alive_until_their_lease_passes(
+    storage: Storage, clock: FakeClock
+) -> None:
+    await storage.register_worker(WORKER, [KEY], 1_000)
+    await storage.register_worker(OTHER_WORKER, [], 5_000)
+
+    first, _ = sorted(await storage.list_workers(), key=lambda w: w.id)
+    assert (first.id, first.workflows, first.alive) == (WORKER, (KEY,), True)
+    assert first.alive_until_ms == clock.now_ms() + 1_000
+
+    await clock.advance(1_000)
+    alive = {w.id: w.alive for w in await storage.list_workers()}
+    assert alive == {WORKER: False, OTHER_WORKER: True}
+
+    await storage.heartbeat(WORKER, [], 1_000)  # a heartbeat brings it back
+    assert {w.id: w.alive for w in await storage.list_workers()}[WORKER]
+
+    await storage.unregister_worker(WORKER)
+    assert not {w.id: w.alive for w in await storage.list_workers()}[WORKER]
+
+
+async def test_list_workflows_counts_runs_and_live_workers(
+    storage: Storage, clock: FakeClock
+) -> None:
+    key = fresh_key()
+    await storage.enqueue(NewRun(workflow=key.name, version=key.version, payload_json="1"))
+    await storage.enqueue(NewRun(workflow=key.name, version=key.version, payload_json="2"))
+    await storage.register_worker(WORKER, [key], 1_000)
+
+    summaries = {(s.name, s.version): s for s in await storage.list_workflows()}
+
+    summary = summaries[(key.name, key.version)]
+    assert summary.runs == {"pending": 2}
+    assert summary.live_workers == (WORKER,)
+    await clock.advance(1_000)
+    summaries = {(s.name, s.version): s for s in await storage.list_workflows()}
+    assert summaries[(key.name, key.version)].live_workers == ()

@@ -135,3 +135,39 @@ async def test_wait_for_completion_times_out(client: aiki.Client) -> None:
         assert "pending" in str(exc)
     else:
         raise AssertionError("expected TimeoutError")
+
+
+async def test_status_says_when_no_live_worker_serves_the_version(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    handle = await user_onboarding_v2.enqueue(client, payload={"user_id": "a"})
+    assert (await handle.get_status()).note == "no live worker serves user-onboarding@2.0.0"
+
+    v1_worker = await make_worker(user_onboarding_v1)
+    note = (await handle.get_status()).note
+    assert (
+        note == "no live worker serves user-onboarding@2.0.0 (live workers serve version(s) 1.0.0)"
+    )
+
+    await v1_worker.stop()
+    await make_worker(user_onboarding_v2)
+    assert await handle.wait_for_completion(timeout=10)
+    assert (await handle.get_status()).note is None
+
+
+async def test_workflows_list_live_workers_and_counts(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    w = await make_worker(morning_routine, id="w-1")
+    await (await morning_routine.enqueue(client, payload={})).wait_for_completion(timeout=10)
+    await user_onboarding_v1.enqueue(client, payload={"user_id": "x"})
+
+    summaries = {(s.name, s.version): s for s in await client.api.list_workflows()}
+    assert summaries[("morning-routine", "1.0.0")].runs == {"completed": 1}
+    assert summaries[("morning-routine", "1.0.0")].live_workers == ("w-1",)
+    assert summaries[("user-onboarding", "1.0.0")].runs == {"pending": 1}
+    assert summaries[("user-onboarding", "1.0.0")].live_workers == ()
+
+    await w.stop()
+    workers = {x.id: x.alive for x in await client.api.list_workers()}
+    assert workers == {"w-1": False}

@@ -13,7 +13,7 @@ from aiki._core.models import Lease, RunOutcome
 from aiki._core.states import RunState
 from aiki.testing import FakeClock, kill_worker
 from conftest import WorkerFactory
-from helpers import Calls, state_is
+from helpers import Calls, eventually, state_is
 
 LEASE = aiki.WorkflowRunConfig(heartbeat_interval_ms=1_000, lease_ms=3_000)
 
@@ -81,7 +81,12 @@ async def test_heartbeats_keep_the_lease(
 
     for _ in range(10):  # 10 s of storage time: far past one lease, heartbeat every second
         await clock.advance(1_000)
-        await asyncio.sleep(0)
+
+        async def lease_renewed() -> bool:
+            status = await handle.get_status()
+            return bool(status.lease_expires_at_ms == clock.now_ms() + 3_000)
+
+        await eventually(lease_renewed)  # the heartbeat landed before time moves on
     release.set()
 
     assert await handle.wait_for_completion(timeout=10) == ["charged", "shipped"]

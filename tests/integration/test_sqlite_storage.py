@@ -91,7 +91,7 @@ async def test_open_is_idempotent_and_reopen_after_close_works(db: Path, clock: 
 async def test_workers_and_workflows_are_recorded(db: Path, clock: FakeClock) -> None:
     other = WorkflowKey(name="other", version="2")
     async with SqliteStorage(str(db), clock=clock) as storage:
-        await storage.register_worker(WorkerId("w1"), [KEY, other])
+        await storage.register_worker(WorkerId("w1"), [KEY, other], 1_000)
         await storage.enqueue(NewRun(workflow="third", version="3", payload_json="{}"))
         await clock.advance(500)
         await storage.heartbeat(WorkerId("w1"), [], 1_000)

@@ -23,7 +23,9 @@ from aiki._core.models import (
     TaskEnd,
     TaskStart,
     WaitInfo,
+    WorkerInfo,
     WorkflowKey,
+    WorkflowSummary,
 )
 from aiki._core.states import RunState
 
@@ -49,10 +51,20 @@ class EngineApi(Protocol):
         limit: int = 100,
     ) -> list[RunStatus]: ...
 
+    async def list_workers(self) -> list[WorkerInfo]: ...
+    async def list_workflows(self) -> list[WorkflowSummary]: ...
+
     # --- workers ---
     async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]
-    ) -> None: ...
+        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+    ) -> None:
+        """Record a worker as alive for `lease_ms`, serving `workflows`."""
+        ...
+
+    async def unregister_worker(self, worker_id: WorkerId) -> None:
+        """A worker stopping cleanly: it no longer counts as alive."""
+        ...
+
     async def poll(self, request: PollRequest) -> PollReply: ...
     async def heartbeat(
         self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int

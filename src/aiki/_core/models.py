@@ -71,6 +71,7 @@ class RunStatus:
     cancel_reason: str | None = None
     created_at_ms: int
     updated_at_ms: int
+    note: str | None = None  # e.g. that no live worker serves this version
 
     @property
     def name(self) -> str:
@@ -238,9 +239,23 @@ class TimerReport:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerInfo:
+    """A worker the server has heard from."""
+
     id: WorkerId
     workflows: tuple[WorkflowKey, ...]
     last_seen_ms: int
+    alive_until_ms: int  # last heartbeat + its lease: silent past this, it counts as gone
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkflowSummary:
+    """A workflow version the server knows, with its live workers and run counts by state."""
+
+    name: str
+    version: str
+    live_workers: tuple[WorkerId, ...]
+    runs: dict[str, int]  # state → count
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiki._core.ids import RunId, WorkerId
@@ -28,7 +29,9 @@ from aiki._core.models import (
     TaskStart,
     TimerReport,
     WaitInfo,
+    WorkerInfo,
     WorkflowKey,
+    WorkflowSummary,
 )
 from aiki._core.serde import check_size
 from aiki._core.states import RunState
@@ -74,7 +77,29 @@ class Service:
         status = await self._storage.get_run(run_id)
         if status is None:
             raise RunNotFoundError(run_id)
+        if status.state is RunState.PENDING:
+            return await self._note_if_unserved(status)
         return status
+
+    async def _note_if_unserved(self, status: RunStatus) -> RunStatus:
+        """Say so when no live worker serves a pending run's version: it would wait forever."""
+        key = WorkflowKey(name=status.workflow, version=status.version)
+        workers = await self._storage.list_workers()
+        if any(w.alive and key in w.workflows for w in workers):
+            return status
+        others = sorted(
+            {k.version for w in workers if w.alive for k in w.workflows if k.name == key.name}
+        )
+        note = f"no live worker serves {key}"
+        if others:
+            note += f" (live workers serve version(s) {', '.join(others)})"
+        return replace(status, note=note)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        return await self._storage.list_workers()
+
+    async def list_workflows(self) -> list[WorkflowSummary]:
+        return await self._storage.list_workflows()
 
     async def get_history(self, run_id: RunId) -> list[HistoryEvent]:
         history = await self._storage.get_history(run_id)
@@ -123,8 +148,13 @@ class Service:
 
     # --- workers ------------------------------------------------------------------------
 
-    async def register_worker(self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]) -> None:
-        await self._storage.register_worker(worker_id, workflows)
+    async def register_worker(
+        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+    ) -> None:
+        await self._storage.register_worker(worker_id, workflows, lease_ms)
+
+    async def unregister_worker(self, worker_id: WorkerId) -> None:
+        await self._storage.unregister_worker(worker_id)
 
     async def poll(self, request: PollRequest) -> PollReply:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,9 @@ from aiki._core.models import (
     TaskStart,
     TimerReport,
     WaitInfo,
+    WorkerInfo,
     WorkflowKey,
+    WorkflowSummary,
 )
 from aiki._core.states import RunState
 
@@ -136,6 +138,23 @@ class Storage(Protocol):
         """
         ...
 
-    async def register_worker(self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]) -> None:
-        """Record that this worker is alive and serves these workflows."""
+    async def register_worker(
+        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+    ) -> None:
+        """Record that this worker serves these workflows and is alive for `lease_ms`.
+
+        Each heartbeat keeps it alive for its `lease_ms` again.
+        """
+        ...
+
+    async def unregister_worker(self, worker_id: WorkerId) -> None:
+        """The worker stopped cleanly: it no longer counts as alive."""
+        ...
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """Every worker ever registered, with whether it is alive now."""
+        ...
+
+    async def list_workflows(self) -> list[WorkflowSummary]:
+        """Every known workflow version with its live workers and run counts by state."""
         ...

@@ -32,16 +32,24 @@ from aiki._core.models import (
     TimerReport,
     WaitInfo,
     WaitKind,
+    WorkerInfo,
     WorkflowKey,
+    WorkflowSummary,
 )
 from aiki._core.serde import loads
 from aiki._core.states import RunAction, RunState, check_transition
-from aiki.errors import ErrorInfo, IdempotencyConflictError, LeaseLostError, RunNotFoundError
+from aiki.errors import (
+    ErrorInfo,
+    IdempotencyConflictError,
+    LeaseLostError,
+    RecoveryLimitError,
+    RunNotFoundError,
+)
 from aiki.storage._sql_files import load_queries
 
 Q = load_queries("sqlite")
 
-LEASE_EXPIRED_ERROR_TYPE = "aiki.LeaseExpiredError"
+LEASE_EXPIRED_ERROR_TYPE = f"{RecoveryLimitError.__module__}.{RecoveryLimitError.__qualname__}"
 
 # Sorts after every run id (ids are lowercase hex): `id < '~'` is "no lower bound" for paging.
 _FIRST_PAGE = "~"
@@ -373,7 +381,7 @@ def heartbeat(
             lost.append(lease.run_id)
         elif row[0]:
             cancels.append(lease.run_id)
-    conn.execute(Q["touch_worker"], {"id": worker_id, "now": now})
+    conn.execute(Q["touch_worker"], {"id": worker_id, "now": now, "alive_until": now + lease_ms})
     return HeartbeatReply(lost=tuple(lost), cancel_requested=tuple(cancels))
 
 
@@ -494,7 +502,11 @@ def finish(conn: sqlite3.Connection, clock: Clock, lease: Lease, outcome: RunOut
 
 
 def register_worker(
-    conn: sqlite3.Connection, clock: Clock, worker_id: WorkerId, workflows: Sequence[WorkflowKey]
+    conn: sqlite3.Connection,
+    clock: Clock,
+    worker_id: WorkerId,
+    workflows: Sequence[WorkflowKey],
+    lease_ms: int,
 ) -> None:
     now = clock.now_ms()
     keys = list(dict.fromkeys(workflows))
@@ -504,10 +516,51 @@ def register_worker(
             "id": worker_id,
             "workflows": _json([{"name": key.name, "version": key.version} for key in keys]),
             "now": now,
+            "alive_until": now + lease_ms,
         },
     )
     for key in keys:
         conn.execute(Q["insert_workflow"], {"name": key.name, "version": key.version, "now": now})
+
+
+def unregister_worker(conn: sqlite3.Connection, clock: Clock, worker_id: WorkerId) -> None:
+    conn.execute(Q["unregister_worker"], {"id": worker_id, "now": clock.now_ms()})
+
+
+def list_workers(conn: sqlite3.Connection, clock: Clock) -> list[WorkerInfo]:
+    now = clock.now_ms()
+    return [
+        WorkerInfo(
+            id=WorkerId(worker_id),
+            workflows=tuple(
+                WorkflowKey(name=k["name"], version=k["version"]) for k in json.loads(workflows)
+            ),
+            last_seen_ms=last_seen,
+            alive_until_ms=alive_until,
+            alive=alive_until > now,
+        )
+        for worker_id, workflows, last_seen, alive_until in conn.execute(Q["list_workers"])
+    ]
+
+
+def list_workflows(conn: sqlite3.Connection, clock: Clock) -> list[WorkflowSummary]:
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for workflow, version, state, count in conn.execute(Q["run_counts"]):
+        counts.setdefault((workflow, version), {})[state] = count
+    live: dict[tuple[str, str], list[WorkerId]] = {}
+    for worker in list_workers(conn, clock):
+        if worker.alive:
+            for key in worker.workflows:
+                live.setdefault((key.name, key.version), []).append(worker.id)
+    return [
+        WorkflowSummary(
+            name=name,
+            version=version,
+            live_workers=tuple(live.get((name, version), ())),
+            runs=counts.get((name, version), {}),
+        )
+        for name, version in conn.execute(Q["list_workflows"])
+    ]
 
 
 # --- timers -------------------------------------------------------------------------------------

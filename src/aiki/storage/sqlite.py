@@ -27,7 +27,9 @@ from aiki._core.models import (
     TaskStart,
     TimerReport,
     WaitInfo,
+    WorkerInfo,
     WorkflowKey,
+    WorkflowSummary,
 )
 from aiki._core.states import RunState
 from aiki.errors import StorageError
@@ -222,10 +224,27 @@ class SqliteStorage:
             )
         )
 
-    async def register_worker(self, worker_id: WorkerId, workflows: Sequence[WorkflowKey]) -> None:
+    async def register_worker(
+        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+    ) -> None:
         """See `Storage.register_worker`."""
         clock = self._clock
         keys = tuple(workflows)
         await self._open_writer().run(
-            lambda conn: ops.register_worker(conn, clock, worker_id, keys)
+            lambda conn: ops.register_worker(conn, clock, worker_id, keys, lease_ms)
         )
+
+    async def unregister_worker(self, worker_id: WorkerId) -> None:
+        """See `Storage.unregister_worker`."""
+        clock = self._clock
+        await self._open_writer().run(lambda conn: ops.unregister_worker(conn, clock, worker_id))
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """See `Storage.list_workers`."""
+        clock = self._clock
+        return await self._open_writer().run(lambda conn: ops.list_workers(conn, clock))
+
+    async def list_workflows(self) -> list[WorkflowSummary]:
+        """See `Storage.list_workflows`."""
+        clock = self._clock
+        return await self._open_writer().run(lambda conn: ops.list_workflows(conn, clock))

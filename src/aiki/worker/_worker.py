@@ -73,7 +73,9 @@ class Worker:
             raise ConfigError(
                 f"worker {self.id!r} has no workflows: call worker.registry.add(...) first"
             )
-        await self._api.register_worker(self.id, self.registry.keys)
+        await self._api.register_worker(
+            self.id, self.registry.keys, self.run_config.effective_lease_ms
+        )
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._loops = [
@@ -104,6 +106,10 @@ class Worker:
         heartbeat.cancel()
         await _finish(heartbeat)
         self._loops = []
+        try:
+            await self._api.unregister_worker(self.id)
+        except Exception as exc:  # the server may be gone; it will see the worker expire
+            _log.warning("worker %s: could not unregister (%s)", self.id, exc)
 
     async def _kill(self) -> None:
         """Stop at once and write nothing, as if the process died (see `aiki.testing`)."""

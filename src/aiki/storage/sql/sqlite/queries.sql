@@ -102,12 +102,29 @@ WHERE id = :id AND revision = :revision AND state = 'running'
 RETURNING cancel_requested;
 
 -- name: touch_worker
-INSERT INTO workers (id, workflows, last_seen) VALUES (:id, '[]', :now)
-ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen;
+INSERT INTO workers (id, workflows, last_seen, alive_until)
+VALUES (:id, '[]', :now, :alive_until)
+ON CONFLICT (id) DO UPDATE
+SET last_seen = excluded.last_seen, alive_until = excluded.alive_until;
 
 -- name: upsert_worker
-INSERT INTO workers (id, workflows, last_seen) VALUES (:id, :workflows, :now)
-ON CONFLICT (id) DO UPDATE SET workflows = excluded.workflows, last_seen = excluded.last_seen;
+INSERT INTO workers (id, workflows, last_seen, alive_until)
+VALUES (:id, :workflows, :now, :alive_until)
+ON CONFLICT (id) DO UPDATE
+SET workflows = excluded.workflows, last_seen = excluded.last_seen,
+    alive_until = excluded.alive_until;
+
+-- name: unregister_worker
+UPDATE workers SET alive_until = MIN(alive_until, :now) WHERE id = :id;
+
+-- name: list_workers
+SELECT id, workflows, last_seen, alive_until FROM workers ORDER BY id;
+
+-- name: list_workflows
+SELECT name, version FROM workflows ORDER BY name, version;
+
+-- name: run_counts
+SELECT workflow, version, state, count(*) FROM runs GROUP BY workflow, version, state;
 
 -- name: upsert_task_result
 INSERT INTO task_results (run_id, task, digest, idx, outcome, attempts, result, error, updated_at)

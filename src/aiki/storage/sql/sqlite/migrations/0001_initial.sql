@@ -60,9 +60,10 @@ CREATE TABLE history (
 );
 
 CREATE TABLE workers (
-    id        TEXT PRIMARY KEY,
-    workflows TEXT NOT NULL,
-    last_seen INTEGER NOT NULL
+    id          TEXT PRIMARY KEY,
+    workflows   TEXT NOT NULL,
+    last_seen   INTEGER NOT NULL,
+    alive_until INTEGER NOT NULL  -- last heartbeat + its lease; a stopped worker sets it to now
 );
 
 CREATE TABLE workflows (
