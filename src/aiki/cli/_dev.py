@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import signal
-from pathlib import Path
 from typing import Any
 
 import click
@@ -35,9 +34,6 @@ def dev(storage: str, exit_when_done: bool) -> None:
     The example runs (the concept document's morning routine and user onboarding v1 and v2)
     are enqueued at start and their results and timelines printed.
     """
-    if storage.startswith("sqlite:///"):
-        # sqlite:///relative.db and sqlite:////absolute.db: make the folder on first use.
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     asyncio.run(_dev(storage, exit_when_done))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from aiki.storage._sql_files import Migration
 
@@ -31,6 +32,8 @@ def connect(path: str, *, busy_timeout_ms: int) -> sqlite3.Connection:
         raise sqlite3.NotSupportedError(
             f"SQLite {sqlite3.sqlite_version} is too old: Aiki needs {wanted} or newer"
         )
+    if path != ":memory:" and not path.startswith("file:"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # first use of .aiki/aiki.db
     conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
     try:
         # The busy timeout first: switching to WAL needs a lock another process may hold.
