@@ -6,9 +6,13 @@ import asyncio
 import contextlib
 from types import TracebackType
 
+from starlette.applications import Starlette
+
 from aiki._core.clock import Clock, SystemClock
 from aiki._core.serde import DEFAULT_MAX_PAYLOAD_BYTES
 from aiki.config import DEFAULT_MAX_RECOVERY_ATTEMPTS, DEFAULT_STORAGE_URL, ServerSettings
+from aiki.errors import ConfigError
+from aiki.server._app import create_app
 from aiki.server._service import Service
 from aiki.server._timers import TimerLoop
 from aiki.storage import Storage, open_storage
@@ -20,17 +24,38 @@ class Server:
     Starting opens storage (applying migrations) and the timer runtime; stopping ends both.
     """
 
-    def __init__(self, storage: Storage, *, settings: ServerSettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        settings: ServerSettings,
+        clock: Clock,
+        api_key: str | None = None,
+    ) -> None:
         self.settings = settings
         self.storage = storage
         self.clock = clock
         self._service = Service(storage, settings)
         self._timers: asyncio.Task[None] | None = None
+        self._api_key = api_key
+        self._app: Starlette | None = None
 
     @property
     def service(self) -> Service:
         """The service layer, which an in-process client calls directly."""
         return self._service
+
+    @property
+    def app(self) -> Starlette:
+        """The HTTP JSON API (and its OpenAPI document) as an ASGI app, e.g. for uvicorn."""
+        if self._app is None:
+            self._app = create_app(self, api_key=self._api_key)
+        return self._app
+
+    @property
+    def running(self) -> bool:
+        """Whether the server was started and not stopped since."""
+        return self._timers is not None
 
     async def start(self) -> None:
         """Open storage and start the timer runtime."""
@@ -71,6 +96,7 @@ def server(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_recovery_attempts: int = DEFAULT_MAX_RECOVERY_ATTEMPTS,
     clock: Clock | None = None,
+    api_key: str | None = None,
 ) -> Server:
     """Build an Aiki server (start it with `async with` or `start()`).
 
@@ -79,10 +105,14 @@ def server(
         max_payload_bytes: Largest payload or result accepted, in bytes of JSON (1 MiB).
         max_recovery_attempts: How often a run may lose its worker before it fails (10).
         clock: The clock for due times; tests pass `aiki.testing.FakeClock`.
+        api_key: When set, the HTTP API (`Server.app`) requires `Authorization: Bearer <key>`
+            on every endpoint but `/health`.
 
     Raises:
-        ConfigError: the storage URL names no known backend.
+        ConfigError: the storage URL names no known backend, or `api_key` is empty.
     """
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+        raise ConfigError("api_key must be a non-empty string (or None for no key)")
     clock = clock or SystemClock()
     url = storage if isinstance(storage, str) else "(custom)"
     settings = ServerSettings(
@@ -91,4 +121,4 @@ def server(
         max_recovery_attempts=max_recovery_attempts,
     )
     backend = open_storage(storage, clock=clock) if isinstance(storage, str) else storage
-    return Server(backend, settings=settings, clock=clock)
+    return Server(backend, settings=settings, clock=clock, api_key=api_key)

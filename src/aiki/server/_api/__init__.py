@@ -1,0 +1,1 @@
+"""The HTTP API's endpoints: `runs` for applications, `workers` for workers."""

@@ -1,0 +1,187 @@
+"""Endpoints applications use: enqueue, status, history, wait, cancel and the listings."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from starlette.responses import Response
+
+from aiki._core.ids import RunId
+from aiki._core.wire import (
+    CancelBody,
+    EnqueuedBody,
+    HistoryBody,
+    ListRunsQuery,
+    NewRunBody,
+    RunPageBody,
+    RunStatusBody,
+    Schema,
+    WaitQuery,
+    WorkersBody,
+    WorkflowsBody,
+    dump_enqueued,
+    dump_history,
+    dump_run_page,
+    dump_run_status,
+    dump_workers,
+    dump_workflows,
+    load_new_run,
+)
+from aiki.server._api._base import Call, Endpoint, canonical_json, json_response
+
+NEW_RUN = Schema(NewRunBody)
+ENQUEUED = Schema(EnqueuedBody)
+RUN_STATUS = Schema(RunStatusBody)
+HISTORY = Schema(HistoryBody)
+WAIT = Schema(WaitQuery)
+CANCEL = Schema(CancelBody)
+LIST_RUNS = Schema(ListRunsQuery)
+RUN_PAGE = Schema(RunPageBody)
+WORKERS = Schema(WorkersBody)
+WORKFLOWS = Schema(WorkflowsBody)
+
+
+async def enqueue(call: Call) -> Response:
+    """Create a run (201), or find the one its idempotency key names (200)."""
+    new = load_new_run(await call.body(NEW_RUN))
+    # Hand-written requests may send any JSON text: store and compare the canonical form,
+    # which is the text itself when it comes from an Aiki client.
+    payload_json = canonical_json(new.payload_json, what=f"workflow {new.workflow!r} payload")
+    enqueued = await call.api.enqueue(replace(new, payload_json=payload_json))
+    return json_response(dump_enqueued(enqueued), 201 if enqueued.created else 200)
+
+
+async def get_status(call: Call) -> Response:
+    """The run's status."""
+    status = await call.api.get_status(RunId(call.path("run_id")))
+    return json_response(dump_run_status(status))
+
+
+async def get_history(call: Call) -> Response:
+    """The run's history, oldest first."""
+    history = await call.api.get_history(RunId(call.path("run_id")))
+    return json_response(dump_history(history))
+
+
+async def wait(call: Call) -> Response:
+    """Long-poll: the status once the run is final, or when `timeout_s` (capped) passes."""
+    run_id = RunId(call.path("run_id"))
+    cap = call.limits.long_poll_cap_s
+    timeout = min(call.query(WAIT).get("timeout_s", cap), cap)
+    status, _ = await call.long_poll(call.api.wait(run_id, timeout))
+    return json_response(dump_run_status(status))
+
+
+async def cancel(call: Call) -> Response:
+    """Cancel the run; a run already final is returned unchanged."""
+    body = await call.body(CANCEL, optional=True)
+    status = await call.api.cancel(RunId(call.path("run_id")), body.get("reason"))
+    return json_response(dump_run_status(status))
+
+
+async def list_runs(call: Call) -> Response:
+    """Runs, newest first, filtered, one page at a time."""
+    query = call.query(LIST_RUNS)
+    after = query.get("after")
+    limit = query.get("limit", 100)
+    runs = await call.api.list_runs(
+        workflow=query.get("workflow"),
+        state=query.get("state"),
+        after=None if after is None else RunId(after),
+        limit=limit,
+    )
+    return json_response(dump_run_page(runs, limit=limit))
+
+
+async def list_workers(call: Call) -> Response:
+    """Every worker the server has heard from, alive or not."""
+    return json_response(dump_workers(await call.api.list_workers()))
+
+
+async def list_workflows(call: Call) -> Response:
+    """Every workflow version known, with live workers and run counts."""
+    return json_response(dump_workflows(await call.api.list_workflows()))
+
+
+_RUN = ("run_not_found",)
+
+ENDPOINTS = (
+    Endpoint(
+        method="POST",
+        path="/v1/runs",
+        name="enqueue",
+        summary="Enqueue a run (201), or return the run its idempotency key names (200)",
+        handler=enqueue,
+        body=NEW_RUN,
+        reply=ENQUEUED,
+        status=201,
+        errors=("idempotency_conflict", "payload_too_large", "payload_invalid"),
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/runs",
+        name="list_runs",
+        summary="List runs, newest first; page with `after` (the previous page's `next_after`)",
+        handler=list_runs,
+        query=LIST_RUNS,
+        reply=RUN_PAGE,
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/runs/{run_id}",
+        name="get_status",
+        summary="A run's status",
+        handler=get_status,
+        reply=RUN_STATUS,
+        errors=_RUN,
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/runs/{run_id}/history",
+        name="get_history",
+        summary="A run's history: every transition and task attempt, oldest first",
+        handler=get_history,
+        reply=HISTORY,
+        errors=_RUN,
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/runs/{run_id}/wait",
+        name="wait",
+        summary=(
+            "Long-poll: the run's status once it is final, or after `timeout_s` "
+            "(at most 25 s per request: ask again to wait longer)"
+        ),
+        handler=wait,
+        query=WAIT,
+        reply=RUN_STATUS,
+        errors=_RUN,
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/cancel",
+        name="cancel",
+        summary="Cancel a run (a final run is returned unchanged); the body may be empty",
+        handler=cancel,
+        body=CANCEL,
+        reply=RUN_STATUS,
+        errors=_RUN,
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/workers",
+        name="list_workers",
+        summary="Workers the server has heard from, and whether each is alive",
+        handler=list_workers,
+        reply=WORKERS,
+        tag="workers",
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/workflows",
+        name="list_workflows",
+        summary="Workflow versions: live workers and run counts by state",
+        handler=list_workflows,
+        reply=WORKFLOWS,
+    ),
+)

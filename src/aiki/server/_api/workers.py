@@ -1,0 +1,263 @@
+"""Endpoints workers use: registration, claiming (long-poll), heartbeats and leased writes.
+
+Every write about a run carries the lease revision the worker claimed; a stale one is refused
+with `lease_lost` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+from starlette.responses import Response
+
+from aiki._core.api import EngineApi
+from aiki._core.ids import RunId, WorkerId
+from aiki._core.models import Lease, PollReply
+from aiki._core.wire import (
+    FinishBody,
+    FinishTaskBody,
+    FinishTaskReplyBody,
+    HeartbeatBody,
+    HeartbeatReplyBody,
+    PollReplyBody,
+    PollRequestBody,
+    RegisterWorkerBody,
+    ReleaseBody,
+    Schema,
+    StartTaskBody,
+    SuspendBody,
+    UnregisterWorkerBody,
+    dump_heartbeat_reply,
+    dump_poll_reply,
+    load_lease,
+    load_poll_request,
+    load_run_outcome,
+    load_task_end,
+    load_task_start,
+    load_wait_info,
+    load_workflow_key,
+)
+from aiki.errors import AikiError
+from aiki.server._api._base import (
+    Call,
+    ClientGoneError,
+    Endpoint,
+    canonical_json,
+    json_response,
+    no_content,
+)
+
+REGISTER = Schema(RegisterWorkerBody)
+UNREGISTER = Schema(UnregisterWorkerBody)
+POLL = Schema(PollRequestBody)
+POLL_REPLY = Schema(PollReplyBody)
+HEARTBEAT = Schema(HeartbeatBody)
+HEARTBEAT_REPLY = Schema(HeartbeatReplyBody)
+START_TASK = Schema(StartTaskBody)
+FINISH_TASK = Schema(FinishTaskBody)
+FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
+SUSPEND = Schema(SuspendBody)
+RELEASE = Schema(ReleaseBody)
+FINISH = Schema(FinishBody)
+
+
+async def register_worker(call: Call) -> Response:
+    """Record the worker as alive for `lease_ms`, serving `workflows`."""
+    body = await call.body(REGISTER)
+    await call.api.register_worker(
+        WorkerId(body["worker_id"]),
+        [load_workflow_key(k) for k in body["workflows"]],
+        body["lease_ms"],
+    )
+    return no_content()
+
+
+async def unregister_worker(call: Call) -> Response:
+    """The worker stops: it no longer counts as alive."""
+    body = await call.body(UNREGISTER)
+    await call.api.unregister_worker(WorkerId(body["worker_id"]))
+    return no_content()
+
+
+async def poll(call: Call) -> Response:
+    """Long-poll for runs to claim and cancel requests; cancelled if the worker disconnects."""
+    request = load_poll_request(await call.body(POLL))
+    cap_ms = int(call.limits.long_poll_cap_s * 1000)
+    if request.wait_ms > cap_ms:
+        request = replace(request, wait_ms=cap_ms)
+    reply, gone = await call.long_poll(call.api.poll(request))
+    if gone and reply.claimed:
+        # The worker left while its claim completed: nobody will run these. Hand them back
+        # now rather than let them wait out their lease.
+        await _hand_back(call.api, reply)
+        raise ClientGoneError
+    return json_response(dump_poll_reply(reply))
+
+
+async def _hand_back(api: EngineApi, reply: PollReply) -> None:
+    for claimed in reply.claimed:
+        with contextlib.suppress(AikiError):  # a lease already gone needs no handing back
+            await api.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
+
+
+async def heartbeat(call: Call) -> Response:
+    """Extend the worker's leases; say which are lost and which runs are to be cancelled."""
+    body = await call.body(HEARTBEAT)
+    reply = await call.api.heartbeat(
+        WorkerId(body["worker_id"]), [load_lease(x) for x in body["leases"]], body["lease_ms"]
+    )
+    return json_response(dump_heartbeat_reply(reply))
+
+
+def _lease(call: Call, revision: int) -> Lease:
+    return Lease(run_id=RunId(call.path("run_id")), revision=revision)
+
+
+async def start_task(call: Call) -> Response:
+    """Record that a task attempt began."""
+    body = await call.body(START_TASK)
+    await call.api.start_task(_lease(call, body["revision"]), load_task_start(body["start"]))
+    return no_content()
+
+
+async def finish_task(call: Call) -> Response:
+    """Record how a task attempt ended; reply whether the run is to be cancelled."""
+    body = await call.body(FINISH_TASK)
+    end = load_task_end(body["end"])
+    if end.result_json is not None:
+        text = canonical_json(end.result_json, what=f"task {end.address.task!r} result")
+        end = replace(end, result_json=text)
+    cancel_requested = await call.api.finish_task(_lease(call, body["revision"]), end)
+    reply: FinishTaskReplyBody = {"cancel_requested": cancel_requested}
+    return json_response(reply)
+
+
+async def suspend(call: Call) -> Response:
+    """Put the run to wait (a retry backoff) and free the worker."""
+    body = await call.body(SUSPEND)
+    await call.api.suspend(_lease(call, body["revision"]), load_wait_info(body["wait"]))
+    return no_content()
+
+
+async def release(call: Call) -> Response:
+    """Hand the run back unfinished (the worker is stopping)."""
+    body = await call.body(RELEASE)
+    await call.api.release(_lease(call, body["revision"]))
+    return no_content()
+
+
+async def finish(call: Call) -> Response:
+    """End the run: completed with its result, failed with its error, or cancelled."""
+    body = await call.body(FINISH)
+    lease = _lease(call, body["revision"])
+    outcome = load_run_outcome(body["outcome"])
+    if outcome.result_json is not None:
+        text = canonical_json(outcome.result_json, what=f"result of workflow run {lease.run_id}")
+        outcome = replace(outcome, result_json=text)
+    await call.api.finish(lease, outcome)
+    return no_content()
+
+
+_LEASED = ("run_not_found", "lease_lost", "illegal_transition")
+
+ENDPOINTS = (
+    Endpoint(
+        method="POST",
+        path="/v1/workers/register",
+        name="register_worker",
+        summary="Register a worker and the workflow versions it serves",
+        handler=register_worker,
+        body=REGISTER,
+        status=204,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/workers/unregister",
+        name="unregister_worker",
+        summary="A worker stopping cleanly: it no longer counts as alive",
+        handler=unregister_worker,
+        body=UNREGISTER,
+        status=204,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/workers/poll",
+        name="poll",
+        summary=(
+            "Long-poll for work: claim up to `capacity` runs, waiting up to `wait_ms` "
+            "(at most 25 s per request); runs claimed for a worker that disconnects are handed back"
+        ),
+        handler=poll,
+        body=POLL,
+        reply=POLL_REPLY,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/workers/heartbeat",
+        name="heartbeat",
+        summary="Extend a worker's leases",
+        handler=heartbeat,
+        body=HEARTBEAT,
+        reply=HEARTBEAT_REPLY,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/tasks/start",
+        name="start_task",
+        summary="Record the start of a task attempt (leased)",
+        handler=start_task,
+        body=START_TASK,
+        status=204,
+        errors=_LEASED,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/tasks/finish",
+        name="finish_task",
+        summary="Record the end of a task attempt (leased)",
+        handler=finish_task,
+        body=FINISH_TASK,
+        reply=FINISH_TASK_REPLY,
+        errors=(*_LEASED, "payload_too_large", "payload_invalid"),
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/suspend",
+        name="suspend",
+        summary="Put a running run to wait until a time (leased)",
+        handler=suspend,
+        body=SUSPEND,
+        status=204,
+        errors=_LEASED,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/release",
+        name="release",
+        summary="Hand a run back unfinished (leased)",
+        handler=release,
+        body=RELEASE,
+        status=204,
+        errors=_LEASED,
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/finish",
+        name="finish",
+        summary="End a run: completed, failed or cancelled (leased)",
+        handler=finish,
+        body=FINISH,
+        status=204,
+        errors=(*_LEASED, "payload_too_large", "payload_invalid"),
+        tag="workers",
+    ),
+)

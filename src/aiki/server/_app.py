@@ -1,0 +1,161 @@
+"""`create_app()`: the server's HTTP JSON API as a Starlette ASGI app.
+
+A thin adapter: each endpoint validates its request, calls the service layer (`EngineApi`)
+and turns the reply, or the error, into JSON. `/health` answers without the API key;
+`/openapi.json` documents every route.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from aiki._core.api import EngineApi
+from aiki._core.wire import ErrorBody, HealthBody
+from aiki.config import ServerSettings
+from aiki.server._api import runs, workers
+from aiki.server._api._base import (
+    Call,
+    ClientGoneError,
+    Endpoint,
+    Limits,
+    error_response,
+    json_response,
+)
+from aiki.server._api.openapi import build_openapi
+
+ENDPOINTS: tuple[Endpoint, ...] = (*runs.ENDPOINTS, *workers.ENDPOINTS)
+
+# JSON escapes can make a string six times longer ("\u0001"), so a body may be that much
+# larger than the payload it carries; the payload's own limit is checked on the decoded text.
+_BODY_OVERHEAD = 6
+_BODY_SLACK = 64 * 1024
+
+
+class Hosted(Protocol):
+    """What the app serves: a server's service layer, settings and lifecycle."""
+
+    @property
+    def service(self) -> EngineApi: ...
+    @property
+    def settings(self) -> ServerSettings: ...
+    @property
+    def running(self) -> bool: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def create_app(server: Hosted, *, api_key: str | None = None) -> Starlette:
+    """The HTTP API of `server` as an ASGI app.
+
+    Under an ASGI server with lifespan events (uvicorn), the app starts the server if it is not
+    running yet, and stops it on shutdown if it started it.
+
+    Args:
+        server: What to serve, usually an `aiki.server(...)`.
+        api_key: When set, every endpoint but `/health` requires `Authorization: Bearer <key>`.
+    """
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must be a non-empty string or None")
+    limits = Limits(max_body_bytes=server.settings.max_payload_bytes * _BODY_OVERHEAD + _BODY_SLACK)
+    openapi = json.dumps(build_openapi(ENDPOINTS, secured=api_key is not None)).encode()
+
+    async def health(request: Request) -> Response:
+        body: HealthBody = {"status": "ok"}
+        return json_response(body)
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(openapi, media_type="application/json")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = not server.running
+        if owned:
+            await server.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await server.stop()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *(_route(e, server.service, limits) for e in ENDPOINTS),
+    ]
+    middleware = [] if api_key is None else [Middleware(RequireApiKey, api_key=api_key)]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={404: _http_error, 405: _http_error},
+        lifespan=lifespan,
+    )
+
+
+def _route(endpoint: Endpoint, api: EngineApi, limits: Limits) -> Route:
+    handler = endpoint.handler
+
+    async def serve(request: Request) -> Response:
+        try:
+            return await handler(Call(api, request, limits))
+        except ClientGoneError:
+            return Response(status_code=499)  # never sent: the connection is gone
+        except Exception as exc:
+            return error_response(exc)
+
+    return Route(endpoint.path, serve, methods=[endpoint.method], name=endpoint.name)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    body: ErrorBody = {
+        "code": _HTTP_CODES.get(status, "http_error"),
+        "message": f"{request.method} {request.url.path}: "
+        + (exc.detail if isinstance(exc, HTTPException) else "error"),
+    }
+    response = json_response(body, status)
+    if isinstance(exc, HTTPException) and exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+class RequireApiKey:
+    """ASGI middleware: refuse every request but `/health` without `Bearer <api_key>`."""
+
+    def __init__(self, app: ASGIApp, *, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health" or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        body: ErrorBody = {
+            "code": "unauthorized",
+            "message": "this server requires an API key: send 'Authorization: Bearer <key>'",
+        }
+        response = json_response(body, 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                # Compare in constant time so the key cannot be guessed byte by byte.
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
+        return False
