@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol
+
+import httpx
 
 from aiki._core.api import EngineApi
 from aiki._core.ids import RunId
@@ -11,6 +14,7 @@ from aiki._core.models import NewRun, RunStatus
 from aiki._core.serde import Decoder
 from aiki._core.states import RunState
 from aiki.client._handles import RunHandle
+from aiki.client._http import DEFAULT_RETRY_TIMEOUT_S, HttpApi
 from aiki.errors import ConfigError
 
 
@@ -24,8 +28,11 @@ class ServesApi(Protocol):
 class Client:
     """A connection to an Aiki server. Build one with `aiki.create_client(...)`."""
 
-    def __init__(self, api: EngineApi) -> None:
+    def __init__(
+        self, api: EngineApi, *, aclose: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self.api = api
+        self._aclose = aclose
 
     async def enqueue(self, new: NewRun, *, result: Decoder | None = None) -> RunHandle[Any]:
         """Enqueue a run from an already-encoded request (workflows call this for you)."""
@@ -56,6 +63,8 @@ class Client:
 
     async def aclose(self) -> None:
         """Release the client's connections (an in-process client holds none)."""
+        if self._aclose is not None:
+            await self._aclose()
 
     async def __aenter__(self) -> Client:
         return self
@@ -69,21 +78,34 @@ class Client:
         await self.aclose()
 
 
-async def create_client(*, url: str | None = None, server: ServesApi | None = None) -> Client:
+async def create_client(
+    *,
+    url: str | None = None,
+    server: ServesApi | None = None,
+    api_key: str | None = None,
+    retry_timeout: float = DEFAULT_RETRY_TIMEOUT_S,
+    _transport: httpx.AsyncBaseTransport | None = None,
+) -> Client:
     """Connect to an Aiki server.
 
     Args:
-        url: Address of a server over HTTP, e.g. "localhost:9090".
+        url: Address of a server over HTTP, e.g. "localhost:9090" (no scheme means http://).
         server: An `aiki.server(...)` in this process, called directly with no network hop.
+        api_key: The server's API key, sent as a bearer token (HTTP only).
+        retry_timeout: Seconds to keep retrying while the server cannot be reached, before
+            `ServerUnavailableError` (HTTP only).
+        _transport: An httpx transport to use instead of the network (tests).
 
     Raises:
-        ConfigError: neither or both of `url` and `server` given.
+        ConfigError: neither or both of `url` and `server` given, a URL that is not http(s),
+            or HTTP options given with `server`.
     """
     if (url is None) == (server is None):
         raise ConfigError("create_client() needs exactly one of url= or server=")
     if server is not None:
+        if api_key is not None:
+            raise ConfigError("api_key= is for clients of a server URL, not of server=")
         return Client(server.service)
-    raise ConfigError(
-        f"create_client(url={url!r}): the HTTP client is not available in this version; "
-        "pass server= to use an embedded server"
-    )
+    assert url is not None
+    api = HttpApi(url, api_key=api_key, retry_timeout=retry_timeout, transport=_transport)
+    return Client(api, aclose=api.aclose)

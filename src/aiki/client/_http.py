@@ -1,0 +1,484 @@
+"""`HttpApi`: `EngineApi` over HTTP, for clients and workers in other processes.
+
+One pooled `httpx.AsyncClient` per `HttpApi`. Error replies come back as the exception classes
+the in-process service raises. A request that never reached the server (connection refused,
+connect timeout) is retried with exponential backoff whatever the call; one that may have
+reached it (read error, read timeout, connection dropped) is retried only when repeating it
+cannot do harm: reads, cancel, heartbeats, (un)registration and keyed enqueues. After
+`retry_timeout` seconds without success, `ServerUnavailableError`.
+
+Network waits use real time (the event loop's clock), not the engine's `Clock`: a fake clock
+must not make a socket wait forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import pydantic
+
+from aiki._core.ids import RunId, WorkerId
+from aiki._core.models import (
+    Enqueued,
+    HeartbeatReply,
+    HistoryEvent,
+    Lease,
+    NewRun,
+    PollReply,
+    PollRequest,
+    RunOutcome,
+    RunStatus,
+    TaskEnd,
+    TaskStart,
+    WaitInfo,
+    WorkerInfo,
+    WorkflowKey,
+    WorkflowSummary,
+)
+from aiki._core.states import RunState
+from aiki._core.wire import (
+    EnqueuedBody,
+    ErrorBody,
+    FinishBody,
+    FinishTaskBody,
+    FinishTaskReplyBody,
+    HeartbeatBody,
+    HeartbeatReplyBody,
+    HistoryBody,
+    PollReplyBody,
+    RegisterWorkerBody,
+    ReleaseBody,
+    RunPageBody,
+    RunStatusBody,
+    Schema,
+    StartTaskBody,
+    SuspendBody,
+    UnregisterWorkerBody,
+    WorkersBody,
+    WorkflowsBody,
+    dump_lease,
+    dump_new_run,
+    dump_poll_request,
+    dump_run_outcome,
+    dump_task_end,
+    dump_task_start,
+    dump_wait_info,
+    dump_workflow_key,
+    load_enqueued,
+    load_error,
+    load_heartbeat_reply,
+    load_history,
+    load_poll_reply,
+    load_run_page,
+    load_run_status,
+    load_workers,
+    load_workflows,
+)
+from aiki.errors import ClientError, ConfigError, RunNotFoundError, ServerUnavailableError
+
+_log = logging.getLogger("aiki.client")
+
+T = TypeVar("T")
+
+DEFAULT_RETRY_TIMEOUT_S = 30.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+
+# One long-poll request asks for this long at most (the server caps it too); wait() asks again.
+_LONG_POLL_S = 25.0
+# A long-poll reply may come this much later than the wait asked for (storage, network).
+_LONG_POLL_GRACE_S = 10.0
+_FIRST_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 2.0
+
+_ENQUEUED = Schema(EnqueuedBody)
+_RUN_STATUS = Schema(RunStatusBody)
+_HISTORY = Schema(HistoryBody)
+_RUN_PAGE = Schema(RunPageBody)
+_WORKERS = Schema(WorkersBody)
+_WORKFLOWS = Schema(WorkflowsBody)
+_POLL_REPLY = Schema(PollReplyBody)
+_HEARTBEAT_REPLY = Schema(HeartbeatReplyBody)
+_FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
+_ERROR = Schema(ErrorBody)
+
+# Never reached the server: safe to send again, whatever the request does.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Replies of a proxy or load balancer with no server behind it (ours carry an error code).
+_GATEWAY = frozenset({502, 503, 504})
+
+
+def normalize_url(url: str) -> str:
+    """The base URL of a server: a scheme-less URL means http; no trailing slash.
+
+    Raises:
+        ConfigError: not an http(s) URL.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"server URL must be a non-empty string, got {url!r}")
+    url = url.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"server URL {url!r}: the scheme must be http or https")
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"server URL {url!r} is not valid: {exc}") from None
+    if not parsed.host:
+        raise ConfigError(f"server URL {url!r} names no host")
+    return url.rstrip("/")
+
+
+def _run_path(run_id: str, suffix: str = "") -> str:
+    return f"/v1/runs/{quote(run_id, safe='')}{suffix}"
+
+
+class HttpApi:
+    """The operations of an Aiki server, over HTTP (see `EngineApi`)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT_S,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if retry_timeout < 0:
+            raise ConfigError(f"retry_timeout must be >= 0, got {retry_timeout}")
+        if request_timeout <= 0:
+            raise ConfigError(f"request_timeout must be > 0, got {request_timeout}")
+        self.url = normalize_url(url)
+        self.retry_timeout = retry_timeout
+        self._request_timeout = request_timeout
+        headers = {"accept": "application/json"}
+        if api_key is not None:
+            headers["authorization"] = f"Bearer {api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            transport=transport,
+            # Long-polls hold a connection each: many waits at once need many connections.
+            # A request waits for a free one rather than failing.
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            timeout=httpx.Timeout(request_timeout, connect=5.0, pool=None),
+        )
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._http.aclose()
+
+    # --- transport ------------------------------------------------------------------------
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str | int | float] | None = None,
+        idempotent: bool,
+        read_timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request, retrying what is safe to retry, until `retry_timeout`."""
+        content = None if body is None else _encode(body)
+        headers = None if body is None else {"content-type": "application/json"}
+        timeout = (
+            httpx.USE_CLIENT_DEFAULT
+            if read_timeout is None
+            else httpx.Timeout(read_timeout, connect=5.0, pool=None)
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_timeout
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                response = await self._http.request(
+                    method, path, content=content, params=params, headers=headers, timeout=timeout
+                )
+            except httpx.TransportError as exc:
+                if not isinstance(exc, _NOT_SENT) and not idempotent:
+                    raise ServerUnavailableError(
+                        f"{method} {self.url}{path}: {_describe(exc)}; the request may or may "
+                        "not have been applied"
+                    ) from exc
+                failure: str = _describe(exc)
+                cause: BaseException | None = exc
+            else:
+                if not (response.status_code in _GATEWAY and not _is_ours(response)):
+                    return response
+                if not idempotent:
+                    raise ServerUnavailableError(
+                        f"{method} {self.url}{path}: HTTP {response.status_code} from a gateway"
+                    )
+                failure, cause = f"HTTP {response.status_code} from a gateway", None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ServerUnavailableError(
+                    f"{method} {self.url}{path}: server unavailable for {self.retry_timeout:g} s "
+                    f"({failure})"
+                ) from cause
+            _log.info("%s %s%s: %s; retrying", method, self.url, path, failure)
+            await asyncio.sleep(min(backoff * random.uniform(0.5, 1.0), remaining))
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+    async def _call(
+        self,
+        schema: Schema[T],
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str | int | float] | None = None,
+        idempotent: bool,
+        read_timeout: float | None = None,
+        run_id: str | None = None,
+    ) -> T:
+        response = await self._send(
+            method,
+            path,
+            body=body,
+            params=params,
+            idempotent=idempotent,
+            read_timeout=read_timeout,
+        )
+        if not response.is_success:
+            raise _error(response, run_id)
+        try:
+            return schema.from_json(response.content)
+        except pydantic.ValidationError as exc:
+            raise ClientError(
+                f"{method} {self.url}{path}: the server's reply is not a {schema.name}: {exc}"
+            ) from None
+
+    async def _call_no_reply(
+        self, method: str, path: str, *, body: Any, idempotent: bool, run_id: str | None = None
+    ) -> None:
+        response = await self._send(method, path, body=body, idempotent=idempotent)
+        if not response.is_success:
+            raise _error(response, run_id)
+
+    # --- applications ---------------------------------------------------------------------
+
+    async def enqueue(self, new: NewRun) -> Enqueued:
+        """See `EngineApi.enqueue`; retried after a lost reply only with an idempotency key."""
+        body = await self._call(
+            _ENQUEUED,
+            "POST",
+            "/v1/runs",
+            body=dump_new_run(new),
+            idempotent=new.idempotency_key is not None,
+        )
+        return load_enqueued(body)
+
+    async def get_status(self, run_id: RunId) -> RunStatus:
+        """See `EngineApi.get_status`."""
+        body = await self._call(
+            _RUN_STATUS, "GET", _run_path(run_id), idempotent=True, run_id=run_id
+        )
+        return load_run_status(body)
+
+    async def get_history(self, run_id: RunId) -> list[HistoryEvent]:
+        """See `EngineApi.get_history`."""
+        body = await self._call(
+            _HISTORY, "GET", _run_path(run_id, "/history"), idempotent=True, run_id=run_id
+        )
+        return load_history(body)
+
+    async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
+        """See `EngineApi.wait`: long-polls, asking again until the run ends or time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            step = _LONG_POLL_S if deadline is None else min(deadline - loop.time(), _LONG_POLL_S)
+            step = max(step, 0.0)
+            body = await self._call(
+                _RUN_STATUS,
+                "GET",
+                _run_path(run_id, "/wait"),
+                params={"timeout_s": round(step, 3)},
+                idempotent=True,
+                read_timeout=step + _LONG_POLL_GRACE_S,
+                run_id=run_id,
+            )
+            status = load_run_status(body)
+            if status.state.is_final or (deadline is not None and loop.time() >= deadline):
+                return status
+
+    async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
+        """See `EngineApi.cancel`."""
+        body = await self._call(
+            _RUN_STATUS,
+            "POST",
+            _run_path(run_id, "/cancel"),
+            body={"reason": reason},
+            idempotent=True,
+            run_id=run_id,
+        )
+        return load_run_status(body)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        after: RunId | None = None,
+        limit: int = 100,
+    ) -> list[RunStatus]:
+        """See `EngineApi.list_runs`."""
+        params: dict[str, str | int] = {"limit": limit}
+        if workflow is not None:
+            params["workflow"] = workflow
+        if state is not None:
+            params["state"] = RunState(state).value
+        if after is not None:
+            params["after"] = after
+        body = await self._call(_RUN_PAGE, "GET", "/v1/runs", params=params, idempotent=True)
+        return load_run_page(body)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """See `EngineApi.list_workers`."""
+        return load_workers(await self._call(_WORKERS, "GET", "/v1/workers", idempotent=True))
+
+    async def list_workflows(self) -> list[WorkflowSummary]:
+        """See `EngineApi.list_workflows`."""
+        body = await self._call(_WORKFLOWS, "GET", "/v1/workflows", idempotent=True)
+        return load_workflows(body)
+
+    # --- workers --------------------------------------------------------------------------
+
+    async def register_worker(
+        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+    ) -> None:
+        """See `EngineApi.register_worker`."""
+        body: RegisterWorkerBody = {
+            "worker_id": worker_id,
+            "workflows": [dump_workflow_key(k) for k in workflows],
+            "lease_ms": lease_ms,
+        }
+        await self._call_no_reply("POST", "/v1/workers/register", body=body, idempotent=True)
+
+    async def unregister_worker(self, worker_id: WorkerId) -> None:
+        """See `EngineApi.unregister_worker`."""
+        body: UnregisterWorkerBody = {"worker_id": worker_id}
+        await self._call_no_reply("POST", "/v1/workers/unregister", body=body, idempotent=True)
+
+    async def poll(self, request: PollRequest) -> PollReply:
+        """See `EngineApi.poll`. Cancelling it drops the connection: the server hands back."""
+        wait_s = min(request.wait_ms / 1000, _LONG_POLL_S)
+        body = await self._call(
+            _POLL_REPLY,
+            "POST",
+            "/v1/workers/poll",
+            body=dump_poll_request(request),
+            idempotent=False,  # a lost reply may hold claimed runs; their leases will expire
+            read_timeout=wait_s + _LONG_POLL_GRACE_S,
+        )
+        return load_poll_reply(body)
+
+    async def heartbeat(
+        self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
+    ) -> HeartbeatReply:
+        """See `EngineApi.heartbeat`."""
+        request: HeartbeatBody = {
+            "worker_id": worker_id,
+            "leases": [dump_lease(x) for x in leases],
+            "lease_ms": lease_ms,
+        }
+        body = await self._call(
+            _HEARTBEAT_REPLY, "POST", "/v1/workers/heartbeat", body=request, idempotent=True
+        )
+        return load_heartbeat_reply(body)
+
+    async def start_task(self, lease: Lease, start: TaskStart) -> None:
+        """See `EngineApi.start_task`."""
+        body: StartTaskBody = {"revision": lease.revision, "start": dump_task_start(start)}
+        await self._call_no_reply(
+            "POST",
+            _run_path(lease.run_id, "/tasks/start"),
+            body=body,
+            idempotent=False,
+            run_id=lease.run_id,
+        )
+
+    async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
+        """See `EngineApi.finish_task`."""
+        request: FinishTaskBody = {"revision": lease.revision, "end": dump_task_end(end)}
+        body = await self._call(
+            _FINISH_TASK_REPLY,
+            "POST",
+            _run_path(lease.run_id, "/tasks/finish"),
+            body=request,
+            idempotent=False,
+            run_id=lease.run_id,
+        )
+        return body["cancel_requested"]
+
+    async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
+        """See `EngineApi.suspend`."""
+        body: SuspendBody = {"revision": lease.revision, "wait": dump_wait_info(wait)}
+        await self._call_no_reply(
+            "POST",
+            _run_path(lease.run_id, "/suspend"),
+            body=body,
+            idempotent=False,
+            run_id=lease.run_id,
+        )
+
+    async def release(self, lease: Lease) -> None:
+        """See `EngineApi.release`."""
+        body: ReleaseBody = {"revision": lease.revision}
+        await self._call_no_reply(
+            "POST",
+            _run_path(lease.run_id, "/release"),
+            body=body,
+            idempotent=False,
+            run_id=lease.run_id,
+        )
+
+    async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
+        """See `EngineApi.finish`."""
+        body: FinishBody = {"revision": lease.revision, "outcome": dump_run_outcome(outcome)}
+        await self._call_no_reply(
+            "POST",
+            _run_path(lease.run_id, "/finish"),
+            body=body,
+            idempotent=False,
+            run_id=lease.run_id,
+        )
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_ours(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("application/json")
+
+
+def _error(response: httpx.Response, run_id: str | None) -> Exception:
+    """The exception an error reply stands for."""
+    try:
+        body = _ERROR.from_json(response.content)
+    except pydantic.ValidationError:
+        text = response.text[:200]
+        return ClientError(f"HTTP {response.status_code} from {response.url}: {text}")
+    if body["code"] == "not_found" and run_id is not None:
+        # No route matched: a run id no run can have (e.g. one holding "/").
+        return RunNotFoundError(run_id)
+    return load_error(body)
