@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import aiki
@@ -25,9 +26,15 @@ async def srv(tmp_path: Path, clock: FakeClock) -> AsyncIterator[aiki.Server]:
         yield server
 
 
-@pytest.fixture
-async def client(srv: aiki.Server) -> AsyncIterator[aiki.Client]:
-    async with await aiki.create_client(server=srv) as c:
+@pytest.fixture(params=["inprocess", "http"])
+async def client(request: pytest.FixtureRequest, srv: aiki.Server) -> AsyncIterator[aiki.Client]:
+    """A client of `srv`: in-process, or over HTTP through its ASGI app in this event loop."""
+    if request.param == "inprocess":
+        c = await aiki.create_client(server=srv)
+    else:
+        transport = httpx.ASGITransport(app=srv.app)
+        c = await aiki.create_client(url="http://aiki.test", _transport=transport)
+    async with c:
         yield c
 
 
