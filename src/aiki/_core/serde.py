@@ -64,9 +64,13 @@ def _walk(value: object, what: str, path: str) -> JSONValue:
     )
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: JSONValue) -> str:
     """Canonical JSON text: sorted keys, no spaces, so equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _canonical.encode(value)
 
 
 def loads(text: str) -> JSONValue:
@@ -80,11 +84,17 @@ def encode(value: object, *, what: str, limit: int | None = DEFAULT_MAX_PAYLOAD_
 
     `limit=None` skips the size check, for callers that leave it to the server.
     """
-    text = dumps(to_json_value(value, what=what))
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 form, so no JSON text
-        raise PayloadError(f"{what}: string is not valid Unicode ({exc.reason})") from None
+    return encode_json_value(to_json_value(value, what=what), what=what, limit=limit)
+
+
+def encode_json_value(value: JSONValue, *, what: str, limit: int | None) -> str:
+    """`encode` for a value `to_json_value` has already checked."""
+    text = dumps(value)
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 form, so no JSON text
+            raise PayloadError(f"{what}: string is not valid Unicode ({exc.reason})") from None
     if limit is not None:
         check_size(text, what=what, limit=limit)
     return text

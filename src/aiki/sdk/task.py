@@ -59,7 +59,7 @@ class Task(Generic[P, R]):
     async def invoke(self, context: TaskContext[P]) -> object:
         """Call the run function once; a sync one runs in a thread so the loop never blocks."""
         if self._is_async:
-            return await cast(Callable[[TaskContext[P]], Awaitable[R]], self._fn)(context)
+            return await self._fn(context)  # type: ignore[misc]  # async: checked in __init__
         outcome = await asyncio.to_thread(self._fn, context)
         if inspect.isawaitable(outcome):  # a lambda or partial that returns a coroutine
             return await outcome

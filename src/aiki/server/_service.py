@@ -127,7 +127,9 @@ class Service:
         while True:
             ticket = self._run_ended.ticket(run_id)
             try:
-                status = await self.get_status(run_id)
+                status = await self._storage.get_run(run_id)
+                if status is None:
+                    raise RunNotFoundError(run_id)
                 if status.state.is_final:
                     return status
                 remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()

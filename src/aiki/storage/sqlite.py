@@ -242,9 +242,13 @@ class SqliteStorage:
     async def list_workers(self) -> list[WorkerInfo]:
         """See `Storage.list_workers`."""
         clock = self._clock
-        return await self._open_writer().run(lambda conn: ops.list_workers(conn, clock))
+        return await self._open_writer().run(
+            lambda conn: ops.list_workers(conn, clock), write=False
+        )
 
     async def list_workflows(self) -> list[WorkflowSummary]:
         """See `Storage.list_workflows`."""
         clock = self._clock
-        return await self._open_writer().run(lambda conn: ops.list_workflows(conn, clock))
+        return await self._open_writer().run(
+            lambda conn: ops.list_workflows(conn, clock), write=False
+        )

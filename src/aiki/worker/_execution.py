@@ -32,7 +32,7 @@ from aiki._core.models import (
     WaitInfo,
     WaitKind,
 )
-from aiki._core.serde import digest, encode, loads, to_json_value
+from aiki._core.serde import digest, encode, encode_json_value, loads, to_json_value
 from aiki._core.states import RunState
 from aiki.config import WorkflowRunConfig
 from aiki.errors import (
@@ -206,7 +206,7 @@ class RunExecution:
         if self._wake_at_ms is not None:
             raise _Suspended
         value = to_json_value(payload, what=f"task {task.name!r} payload")
-        text = encode(value, what=f"task {task.name!r} payload", limit=None)
+        text = encode_json_value(value, what=f"task {task.name!r} payload", limit=None)
         key = (task.name, digest(text))
         index = self._occurrences.get(key, 0)
         self._occurrences[key] = index + 1
