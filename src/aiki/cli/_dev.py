@@ -1,11 +1,10 @@
-"""`aiki dev`: server, storage and a worker with the example workflows, in one process."""
+"""`aiki dev`: HTTP server, storage and a worker with the example workflows, in one process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import signal
 from typing import Any
 
 import click
@@ -13,42 +12,46 @@ import click
 import aiki
 from aiki import examples
 from aiki._core.states import RunState
+from aiki.cli._http import HttpServer, stop_event_on_signals
+from aiki.cli._options import storage_option
 
 
 @click.command()
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--storage",
-    default="sqlite:///.aiki/aiki.db",
+    "--port",
+    default=9090,
     show_default=True,
-    envvar="AIKI_STORAGE",
-    help="Storage URL [env: AIKI_STORAGE].",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on; 0 picks a free one.",
 )
 @click.option(
     "--exit-when-done",
     is_flag=True,
     help="Stop once the example runs have ended instead of serving until Ctrl-C.",
 )
-def dev(storage: str, exit_when_done: bool) -> None:
-    """Run Aiki in one process: storage, server and a worker with the example workflows.
+def dev(storage: str, host: str, port: int, exit_when_done: bool) -> None:
+    """Run Aiki in one process: storage, HTTP server and a worker with the example workflows.
 
     The example runs (the concept document's morning routine and user onboarding v1 and v2)
     are enqueued at start and their results and timelines printed.
     """
-    asyncio.run(_dev(storage, exit_when_done))
+    asyncio.run(_dev(storage, host, port, exit_when_done))
 
 
-async def _dev(storage: str, exit_when_done: bool) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+async def _dev(storage: str, host: str, port: int, exit_when_done: bool) -> None:
+    stop = stop_event_on_signals()
     async with aiki.server(storage) as srv:
+        http = HttpServer(srv.app, host, port)
+        url = await http.start()
         client = await aiki.create_client(server=srv)
         worker = await aiki.worker(client, id="dev-worker")
         for workflow in examples.registry():
             worker.registry.add(workflow)
         async with worker:
-            click.echo(f"Aiki dev: storage {storage}, worker {worker.id!r} serving:")
+            click.echo(f"Aiki dev: HTTP API on {url} (OpenAPI at {url}/openapi.json)")
+            click.echo(f"storage {storage}; worker {worker.id!r} serving:")
             for key in worker.registry.keys:
                 click.echo(f"  - {key}")
             handles: list[aiki.RunHandle[Any]] = [
@@ -58,11 +61,17 @@ async def _dev(storage: str, exit_when_done: bool) -> None:
             ]
             for handle in handles:
                 await _show(handle)
-            if exit_when_done:
-                return
-            click.echo("\nServing; press Ctrl-C to stop.")
-            await stop.wait()
-            click.echo("Stopping: running work gets the grace period, the rest is handed back.")
+            if not exit_when_done:
+                click.echo(
+                    "\nServing; press Ctrl-C to stop. From another terminal, try:\n"
+                    f"  uv run aiki runs enqueue morning-routine 1.0.0 --payload '{{}}' --wait"
+                    f" --server {url}\n"
+                    f"  uv run aiki runs list --server {url}\n"
+                    f"  uv run aiki workflows list --server {url}"
+                )
+                await stop.wait()
+                click.echo("Stopping: running work gets the grace period, the rest is handed back.")
+        await http.stop()
 
 
 async def _show(handle: aiki.RunHandle[Any]) -> None:

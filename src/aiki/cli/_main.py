@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from aiki.cli._dev import dev
+from aiki.cli._runs import runs_group, workflows_group
+from aiki.cli._serve import migrate_command, server_command
+from aiki.cli._worker import worker_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +16,8 @@ def cli() -> None:
     """Aiki: durable workflows as plain async Python."""
 
 
-cli.add_command(dev)
+for command in (dev, server_command, worker_command, migrate_command, runs_group, workflows_group):
+    cli.add_command(command)
 
 
 def main() -> None:

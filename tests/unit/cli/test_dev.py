@@ -11,7 +11,9 @@ from aiki.cli._main import cli
 
 def test_dev_runs_the_examples(tmp_path: Path) -> None:
     db = tmp_path / "dev" / "aiki.db"
-    result = CliRunner().invoke(cli, ["dev", "--storage", f"sqlite:///{db}", "--exit-when-done"])
+    result = CliRunner().invoke(
+        cli, ["dev", "--storage", f"sqlite:///{db}", "--port", "0", "--exit-when-done"]
+    )
 
     assert result.exit_code == 0, result.output
     assert result.output.count(" completed") == 3

@@ -1,0 +1,92 @@
+"""Tables for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import click
+
+from aiki._core.clock import to_datetime
+from aiki._core.models import HistoryEvent, RunStatus
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print rows under headers, each column as wide as its widest cell."""
+    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if n == 0:
+            click.echo("  ".join("-" * width for width in widths))
+
+
+def to_json(value: object) -> str:
+    """JSON of dataclasses, enums and datetimes, for --json."""
+    return json.dumps(_plain(value), indent=2, sort_keys=True)
+
+
+def _plain(value: object) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def when(ms: int | None) -> str:
+    """A storage timestamp for a table cell."""
+    return "" if ms is None else f"{to_datetime(ms):%Y-%m-%d %H:%M:%S}"
+
+
+def describe_run(status: RunStatus, history: list[HistoryEvent]) -> None:
+    """`aiki runs show`: the status, then the history as a timeline."""
+    click.echo(f"run       {status.id}")
+    click.echo(f"workflow  {status.workflow}@{status.version}")
+    click.echo(f"state     {status.state}")
+    if status.note:
+        click.echo(f"note      {status.note}")
+    if status.wait is not None:
+        click.echo(
+            f"waiting   {status.wait.kind} {status.wait.detail} until {when(status.wait.until_ms)}"
+        )
+    click.echo(f"created   {when(status.created_at_ms)}   attempt {status.attempt}")
+    click.echo(f"payload   {json.dumps(status.payload)}")
+    if status.result is not None:
+        click.echo(f"result    {json.dumps(status.result)}")
+    if status.error is not None:
+        click.echo(f"error     {status.error.type}: {status.error.message}")
+    if status.cancel_reason:
+        click.echo(f"cancel    {status.cancel_reason}")
+    click.echo("\ntimeline")
+    start = history[0].at_ms if history else 0
+    for event in history:
+        click.echo(f"  +{event.at_ms - start:>7} ms  {event.kind.value:<17} {_event_detail(event)}")
+
+
+def _event_detail(event: HistoryEvent) -> str:
+    data = event.data
+    parts: list[str] = []
+    if "task" in data:
+        parts.append(f"{data['task']}#{data.get('index', 0) + 1} attempt {data.get('attempt')}")
+    if data.get("duration_ms") is not None:
+        parts.append(f"{data['duration_ms']} ms")
+    if data.get("error"):
+        parts.append(f"{data['error'].get('type')}: {data['error'].get('message')}")
+    if data.get("worker_id"):
+        parts.append(f"on {data['worker_id']}")
+    if data.get("reason"):
+        parts.append(f"reason: {data['reason']}")
+    if data.get("until_ms"):
+        parts.append(f"until {when(data['until_ms'])}")
+    return "  ".join(parts)

@@ -1,0 +1,62 @@
+"""`aiki server` and `aiki migrate`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+import aiki
+from aiki.cli._http import HttpServer, stop_event_on_signals
+from aiki.cli._options import api_key_option, storage_option
+
+
+@click.command("server")
+@storage_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="AIKI_HOST",
+    help="Address to listen on [env: AIKI_HOST].",
+)
+@click.option(
+    "--port",
+    default=9090,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="AIKI_PORT",
+    help="Port to listen on; 0 picks a free one [env: AIKI_PORT].",
+)
+@api_key_option
+def server_command(storage: str, host: str, port: int, api_key: str | None) -> None:
+    """Serve the Aiki HTTP API (migrations are applied on start).
+
+    Stops gracefully on SIGINT or SIGTERM.
+    """
+    asyncio.run(serve(storage, host, port, api_key))
+
+
+async def serve(storage: str, host: str, port: int, api_key: str | None) -> None:
+    """Run an Aiki server on `host:port` until SIGINT or SIGTERM."""
+    stop = stop_event_on_signals()
+    async with aiki.server(storage, api_key=api_key) as srv:
+        http = HttpServer(srv.app, host, port)
+        url = await http.start()
+        click.echo(f"Aiki server listening on {url} (storage {storage})")
+        await stop.wait()
+        click.echo("Aiki server stopping")
+        await http.stop()
+
+
+@click.command("migrate")
+@storage_option
+def migrate_command(storage: str) -> None:
+    """Apply the storage's pending migrations, then exit."""
+
+    async def main() -> None:
+        async with aiki.server(storage):
+            pass
+
+    asyncio.run(main())
+    click.echo(f"storage {storage} is up to date")
