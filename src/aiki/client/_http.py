@@ -18,6 +18,7 @@ import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -176,6 +177,17 @@ class HttpApi:
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self._http.aclose()
+
+    async def __aenter__(self) -> HttpApi:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     # --- transport ------------------------------------------------------------------------
 

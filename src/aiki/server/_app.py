@@ -26,6 +26,7 @@ from aiki._core.wire import ErrorBody, HealthBody
 from aiki.config import ServerSettings
 from aiki.server._api import runs, workers
 from aiki.server._api._base import (
+    LONG_POLL_CAP_S,
     Call,
     ClientGoneError,
     Endpoint,
@@ -56,7 +57,9 @@ class Hosted(Protocol):
     async def stop(self) -> None: ...
 
 
-def create_app(server: Hosted, *, api_key: str | None = None) -> Starlette:
+def create_app(
+    server: Hosted, *, api_key: str | None = None, long_poll_cap_s: float = LONG_POLL_CAP_S
+) -> Starlette:
     """The HTTP API of `server` as an ASGI app.
 
     Under an ASGI server with lifespan events (uvicorn), the app starts the server if it is not
@@ -65,10 +68,17 @@ def create_app(server: Hosted, *, api_key: str | None = None) -> Starlette:
     Args:
         server: What to serve, usually an `aiki.server(...)`.
         api_key: When set, every endpoint but `/health` requires `Authorization: Bearer <key>`.
+        long_poll_cap_s: Longest one long-poll request (wait, poll) is held open; clients ask
+            again to wait longer.
     """
     if api_key is not None and not api_key:
         raise ValueError("api_key must be a non-empty string or None")
-    limits = Limits(max_body_bytes=server.settings.max_payload_bytes * _BODY_OVERHEAD + _BODY_SLACK)
+    if long_poll_cap_s <= 0:
+        raise ValueError(f"long_poll_cap_s must be > 0, got {long_poll_cap_s}")
+    limits = Limits(
+        max_body_bytes=server.settings.max_payload_bytes * _BODY_OVERHEAD + _BODY_SLACK,
+        long_poll_cap_s=long_poll_cap_s,
+    )
     openapi = json.dumps(build_openapi(ENDPOINTS, secured=api_key is not None)).encode()
 
     async def health(request: Request) -> Response:
