@@ -1,0 +1,59 @@
+"""The HTTP layer's pure helpers: canonical JSON text and validation messages."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from aiki._core import wire
+from aiki._core.serde import dumps
+from aiki.errors import PayloadError
+from aiki.server._api._base import canonical_json, invalid_request
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        0,
+        -0.0,
+        1.5,
+        1e16,
+        2**70,
+        'snow ☃ and \u2028 and \n and "quotes"',
+        {"b": [1, {"d": None, "c": True}], "a": ""},
+        [],
+    ],
+)
+def test_canonical_text_is_kept_exactly(value: object) -> None:
+    text = dumps(value)  # type: ignore[arg-type]
+    assert canonical_json(text, what="x") == text
+
+
+def test_other_json_text_is_made_canonical() -> None:
+    assert canonical_json('{ "b" : 1,\n "a" : [1.0, 2] }', what="x") == '{"a":[1.0,2],"b":1}'
+
+
+@pytest.mark.parametrize("text", ["", "{", "NaN", "[Infinity]", '"\\ud800"', "[" * 100_000])
+def test_text_that_is_not_storable_json_is_a_payload_error(text: str) -> None:
+    with pytest.raises(PayloadError, match="payload of w"):
+        canonical_json(text, what="payload of w")
+
+
+def test_invalid_request_names_the_first_field_with_list_indexes() -> None:
+    schema = wire.Schema(wire.HeartbeatBody)
+    body = b'{"worker_id": "w", "lease_ms": 0, "leases": [{"run_id": "r", "revision": -1}]}'
+    with pytest.raises(pydantic.ValidationError) as caught:
+        schema.from_json(body)
+
+    error = invalid_request(caught.value, where="body")
+
+    assert error.field == "leases[0].revision"
+    assert "leases[0].revision" in str(error) and "lease_ms" in str(error)
+
+
+def test_unreadable_body_names_no_field() -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        wire.Schema(wire.ReleaseBody).from_json(b"{oops")
+    error = invalid_request(caught.value, where="body")
+    assert error.field is None and str(error).startswith("request body is not valid JSON")
