@@ -63,7 +63,7 @@ async def test_database_is_in_wal_mode(db: Path, clock: FakeClock) -> None:
 
 
 async def test_open_failure_is_a_storage_error(tmp_path: Path, clock: FakeClock) -> None:
-    storage = SqliteStorage(str(tmp_path / "missing" / "aiki.db"), clock=clock)
+    storage = SqliteStorage(str(tmp_path), clock=clock)  # a folder is no database file
     with pytest.raises(StorageError) as caught:
         await storage.open()
     assert isinstance(caught.value.__cause__, sqlite3.Error)

@@ -26,6 +26,14 @@ class Clock(Protocol):
         """Wait `duration_ms` of this clock's time."""
         ...
 
+    async def sleep_until_ms(self, deadline_ms: int) -> None:
+        """Wait until this clock reads `deadline_ms`.
+
+        Prefer it to `sleep_ms` when the wait starts in a new task: the deadline is fixed by
+        the caller, however late the task first runs.
+        """
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -35,6 +43,9 @@ class SystemClock:
 
     async def sleep_ms(self, duration_ms: int) -> None:
         await asyncio.sleep(max(duration_ms, 0) / 1000)
+
+    async def sleep_until_ms(self, deadline_ms: int) -> None:
+        await self.sleep_ms(deadline_ms - self.now_ms())
 
 
 class FakeClock:
@@ -55,12 +66,15 @@ class FakeClock:
             return self._now
 
     async def sleep_ms(self, duration_ms: int) -> None:
-        if duration_ms <= 0:
-            await asyncio.sleep(0)
-            return
+        await self.sleep_until_ms(self.now_ms() + duration_ms)
+
+    async def sleep_until_ms(self, deadline_ms: int) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         with self._lock:
-            heapq.heappush(self._sleepers, (self._now + duration_ms, next(self._order), future))
+            if deadline_ms <= self._now:
+                future.set_result(None)
+            else:
+                heapq.heappush(self._sleepers, (deadline_ms, next(self._order), future))
         await future
 
     async def advance(self, duration_ms: int) -> None:

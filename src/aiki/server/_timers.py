@@ -41,11 +41,13 @@ class TimerLoop:
             if report.woken or report.expired or report.ended:
                 continue  # there may be more due than one pass takes
             now = self._clock.now_ms()
-            delay = _IDLE_MS if report.next_due_ms is None else report.next_due_ms - now
-            delay = min(delay, _IDLE_MS)
-            if delay <= 0:
+            wake_at = now + _IDLE_MS
+            if report.next_due_ms is not None:
+                wake_at = min(wake_at, report.next_due_ms)
+            if wake_at <= now:
                 continue
-            sleeper = asyncio.ensure_future(self._clock.sleep_ms(delay))
+            # An absolute deadline: the clock may move on before the sleeper task first runs.
+            sleeper = asyncio.ensure_future(self._clock.sleep_until_ms(wake_at))
             try:
                 await wait_any([sleeper, ticket], None)
             finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from aiki._core.clock import Clock, SystemClock
 from aiki.errors import ConfigError
 from aiki.storage._protocol import Storage
@@ -12,18 +14,25 @@ def open_storage(url: str, *, clock: Clock | None = None) -> Storage:
     """Build (not yet open) the storage a URL names.
 
     `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` and `sqlite://:memory:` are
-    understood.
+    understood; `?synchronous=normal` trades durability against power loss for latency.
 
     Raises:
         ConfigError: the URL names no backend Aiki has.
     """
     if url.startswith("sqlite://"):
-        path = url.removeprefix("sqlite://")
-        if path.startswith("/"):
-            path = path[1:]
-        if not path:
+        location, _, query = url.removeprefix("sqlite://").partition("?")
+        if location.startswith("/"):
+            location = location[1:]
+        if not location:
             raise ConfigError(f"storage URL {url!r} names no database file")
-        return SqliteStorage(path, clock=clock or SystemClock())
+        options = dict(parse_qsl(query, keep_blank_values=True))
+        synchronous = options.pop("synchronous", "full")
+        if options:
+            raise ConfigError(
+                f"storage URL {url!r}: unknown option(s) {', '.join(sorted(options))} "
+                "(SQLite understands synchronous=full|normal)"
+            )
+        return SqliteStorage(location, clock=clock or SystemClock(), synchronous=synchronous)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
         f"storage URL {url!r}: unknown scheme {scheme!r} (expected sqlite:///path/to/file.db)"

@@ -32,10 +32,10 @@ from aiki._core.models import (
     WorkflowSummary,
 )
 from aiki._core.states import RunState
-from aiki.errors import StorageError
+from aiki.errors import ConfigError, StorageError
 from aiki.storage import _sqlite_ops as ops
 from aiki.storage._sql_files import load_migrations
-from aiki.storage._sqlite_schema import connect, migrate
+from aiki.storage._sqlite_schema import SYNCHRONOUS_MODES, connect, migrate
 from aiki.storage._sqlite_writer import SqliteWriter
 
 __all__ = ["SqliteStorage"]
@@ -62,7 +62,14 @@ class SqliteStorage:
         clock: Clock,
         max_batch: int = 256,
         busy_timeout_ms: int = 5_000,
+        synchronous: str = "full",
     ) -> None:
+        if synchronous not in SYNCHRONOUS_MODES:
+            raise ConfigError(
+                f"SQLite synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
+                f"got {synchronous!r}"
+            )
+        self._synchronous = synchronous
         self._path = path
         self._clock = clock
         self._max_batch = max_batch
@@ -113,7 +120,9 @@ class SqliteStorage:
                 await writer.close()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = connect(self._path, busy_timeout_ms=self._busy_timeout_ms)
+        conn = connect(
+            self._path, busy_timeout_ms=self._busy_timeout_ms, synchronous=self._synchronous
+        )
         try:
             migrate(conn, load_migrations("sqlite"), now_ms=self._clock.now_ms())
         except BaseException:

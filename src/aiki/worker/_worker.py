@@ -92,7 +92,8 @@ class Worker:
         await _finish(subscriber)
         running = list(self._run_tasks.values())
         if running:
-            grace = asyncio.ensure_future(self._clock.sleep_ms(self.graceful_shutdown_timeout_ms))
+            deadline = self._clock.now_ms() + self.graceful_shutdown_timeout_ms
+            grace = asyncio.ensure_future(self._clock.sleep_until_ms(deadline))
             await asyncio.wait([*running, grace], return_when=asyncio.FIRST_COMPLETED)
             while not grace.done() and self._run_tasks:
                 await asyncio.wait(

@@ -1,0 +1,38 @@
+"""Storage URLs choose and configure a backend."""
+
+from __future__ import annotations
+
+import pytest
+
+import aiki
+from aiki.storage import open_storage
+from aiki.storage.sqlite import SqliteStorage
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///relative/aiki.db", "relative/aiki.db"),
+        ("sqlite:////abs/aiki.db", "/abs/aiki.db"),
+        ("sqlite://:memory:", ":memory:"),
+        ("sqlite:///aiki.db?synchronous=normal", "aiki.db"),
+    ],
+)
+def test_sqlite_urls(url: str, path: str) -> None:
+    storage = open_storage(url)
+    assert isinstance(storage, SqliteStorage) and storage.path == path
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("mysql://localhost/db", "unknown scheme 'mysql'"),
+        ("sqlite://", "names no database file"),
+        ("sqlite:///a.db?fsync=yes", "unknown option(s) fsync"),
+        ("sqlite:///a.db?synchronous=off", "synchronous must be one of full, normal"),
+    ],
+)
+def test_bad_urls_name_the_problem(url: str, words: str) -> None:
+    with pytest.raises(aiki.ConfigError) as refused:
+        open_storage(url)
+    assert words in str(refused.value)
