@@ -171,3 +171,17 @@ async def test_workflows_list_live_workers_and_counts(
     await w.stop()
     workers = {x.id: x.alive for x in await client.api.list_workers()}
     assert workers == {"w-1": False}
+
+
+async def test_idle_worker_is_woken_by_an_enqueue_not_by_polling(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    """With polling a minute apart, only the long-poll's wake-up can deliver the run in time."""
+    slow_polls = aiki.SubscriberConfig(poll_interval_ms=60_000, long_poll_ms=60_000)
+    await make_worker(morning_routine, workflow_run_subscriber=slow_polls)
+    for _ in range(3):  # each time the worker is idle again in a fresh long-poll
+        handle = await morning_routine.enqueue(client, payload={})
+        assert await handle.wait_for_completion(timeout=5) == {
+            "alarm_result": "Wake up!",
+            "stretch_result": 300,
+        }
