@@ -191,6 +191,9 @@ class TaskEnd:
     result_json: str | None = None
     error: ErrorInfo | None = None
     retry_delay_ms: int | None = None  # with RETRYING: when the next attempt is due
+    # False when the attempt ended before its start was written: storage then records the
+    # start too, just before the end (one write for a quick task instead of two).
+    start_reported: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -265,6 +265,7 @@ class TaskEndBody(TypedDict):
     result_json: NotRequired[str | None]
     error: NotRequired[ErrorInfoBody | None]
     retry_delay_ms: NotRequired[Count | None]
+    start_reported: NotRequired[bool]
 
 
 class RunOutcomeBody(TypedDict):
@@ -723,6 +724,7 @@ def dump_task_end(end: TaskEnd) -> TaskEndBody:
         "result_json": end.result_json,
         "error": _dump_error(end.error),
         "retry_delay_ms": end.retry_delay_ms,
+        "start_reported": end.start_reported,
     }
 
 
@@ -736,6 +738,7 @@ def load_task_end(body: TaskEndBody) -> TaskEnd:
         result_json=body.get("result_json"),
         error=_load_error(body.get("error")),
         retry_delay_ms=body.get("retry_delay_ms"),
+        start_reported=body.get("start_reported", True),
     )
 
 

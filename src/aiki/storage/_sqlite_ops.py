@@ -388,19 +388,29 @@ def heartbeat(
 def start_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, start: TaskStart) -> None:
     now = clock.now_ms()
     _running(conn, lease)
-    address = start.address
+    _append_start(conn, lease.run_id, now, start.address, start.attempt, start.worker_id)
+
+
+def _append_start(
+    conn: sqlite3.Connection,
+    run_id: RunId,
+    at_ms: int,
+    address: TaskAddress,
+    attempt: int,
+    worker_id: WorkerId,
+) -> None:
     _append_event(
         conn,
-        lease.run_id,
-        now,
+        run_id,
+        at_ms,
         EventKind.TASK_STARTED,
         RunState.RUNNING,
         {
             "task": address.task,
             "index": address.index,
             "digest": address.digest,
-            "attempt": start.attempt,
-            "worker_id": start.worker_id,
+            "attempt": attempt,
+            "worker_id": worker_id,
         },
     )
 
@@ -409,6 +419,10 @@ def finish_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, end: TaskE
     now = clock.now_ms()
     cancel_requested = _running(conn, lease)
     address = end.address
+    if not end.start_reported:
+        # Stamped now, not now - duration: the worker's clock is not the storage's, and the
+        # history's times must not go backwards. The end event carries the duration.
+        _append_start(conn, lease.run_id, now, address, end.attempt, end.worker_id)
     conn.execute(
         Q["upsert_task_result"],
         {

@@ -48,6 +48,9 @@ from aiki.sdk import Task, TaskContext, Workflow, WorkflowRun
 
 _log = logging.getLogger("aiki.worker")
 
+# A task still running after this long gets its start written on its own (see _PendingStart).
+_START_WRITE_DELAY_S = 0.05
+
 # How many loop turns without replay progress before a new call may judge that recorded
 # results are truly left over (see `_settle`).
 _SETTLE_TURNS = 3
@@ -103,7 +106,7 @@ class RunExecution:
         self._fatal: NondeterminismError | None = None
         self._stop_reason: StopReason | None = None
         self._main: asyncio.Task[None] | None = None
-        self._pending_writes: set[asyncio.Task[None]] = set()
+        self._pending_writes: set[asyncio.Future[Any]] = set()
 
     # --- control from the worker ------------------------------------------------------------
 
@@ -282,9 +285,9 @@ class RunExecution:
     async def _attempt(
         self, task: Task[Any, Any], address: TaskAddress, payload: Any, attempt: int
     ) -> Any:
-        start = TaskStart(address=address, attempt=attempt, worker_id=self._worker_id)
-        # The start is recorded while the task runs; the end waits for it, so they stay ordered.
-        started = asyncio.ensure_future(self._guard(self._api.start_task(self.lease, start)))
+        start = _PendingStart(
+            self, TaskStart(address=address, attempt=attempt, worker_id=self._worker_id)
+        )
         began = time.monotonic()
         try:
             assert self._view is not None  # set before the workflow function runs
@@ -294,31 +297,34 @@ class RunExecution:
             value = await task.invoke(context)
             result_json = encode(value, what=f"task {task.name!r} result", limit=None)
         except Exception as exc:
-            await started
-            return await self._failed(task, address, attempt, exc, began)
+            timing = _Timing(began, await start.settle())
+            return await self._failed(task, address, attempt, exc, timing)
         except BaseException:
-            # Interrupted (cancelled, stopped): the start still lands, with no end after it.
-            self._pending_writes.add(started)
-            started.add_done_callback(self._pending_writes.discard)
+            start.abandon()  # interrupted (cancelled, stopped): no end follows
             raise
-        await started
-        end = self._end(address, attempt, began, TaskOutcome.COMPLETED, result_json=result_json)
+        timing = _Timing(began, await start.settle())
+        end = self._end(address, attempt, timing, TaskOutcome.COMPLETED, result_json=result_json)
         try:
             await self._report(end)
         except PayloadError as exc:  # result over the server's size limit: a final failure
-            return await self._failed(task, address, attempt, NonRetryableError(str(exc)), began)
+            return await self._failed(task, address, attempt, NonRetryableError(str(exc)), timing)
         return task.decode_result(loads(result_json))
 
     async def _failed(
-        self, task: Task[Any, Any], address: TaskAddress, attempt: int, exc: Exception, began: float
+        self,
+        task: Task[Any, Any],
+        address: TaskAddress,
+        attempt: int,
+        exc: Exception,
+        timing: _Timing,
     ) -> _Retry:
         error = ErrorInfo.from_exception(exc)
         delay = _retry_delay(task, attempt, exc)
         if delay is None:
-            await self._report(self._end(address, attempt, began, TaskOutcome.FAILED, error=error))
+            await self._report(self._end(address, attempt, timing, TaskOutcome.FAILED, error=error))
             raise TaskFailedError(task_name=task.name, attempts=attempt, error=error) from exc
         end = self._end(
-            address, attempt, began, TaskOutcome.RETRYING, error=error, retry_delay_ms=delay
+            address, attempt, timing, TaskOutcome.RETRYING, error=error, retry_delay_ms=delay
         )
         await self._report(end)
         return _Retry(delay)
@@ -327,7 +333,7 @@ class RunExecution:
         self,
         address: TaskAddress,
         attempt: int,
-        began: float,
+        timing: _Timing,
         outcome: TaskOutcome,
         *,
         result_json: str | None = None,
@@ -339,10 +345,11 @@ class RunExecution:
             attempt=attempt,
             worker_id=self._worker_id,
             outcome=outcome,
-            duration_ms=int((time.monotonic() - began) * 1000),
+            duration_ms=int((time.monotonic() - timing.began) * 1000),
             result_json=result_json,
             error=error,
             retry_delay_ms=retry_delay_ms,
+            start_reported=timing.start_reported,
         )
 
     async def _report(self, end: TaskEnd) -> None:
@@ -377,6 +384,53 @@ class RunExecution:
     def _storage_now_ms(self) -> int:
         # The storage clock as of the claim, moved on by this worker's clock since then.
         return self._claimed.now_ms + (self._clock.now_ms() - self._clock_at_claim)
+
+
+class _PendingStart:
+    """A task attempt's start, written only if the task is still running after a short delay.
+
+    Most tasks end sooner: their end then carries the start (`TaskEnd.start_reported=False`),
+    one write instead of two. A long task's start is in storage while it runs, so the
+    timeline shows it, and an attempt cut short by a crash leaves its start behind.
+    """
+
+    __slots__ = ("_execution", "_start", "_timer", "_write")
+
+    def __init__(self, execution: RunExecution, start: TaskStart) -> None:
+        self._execution = execution
+        self._start = start
+        self._write: asyncio.Future[Any] | None = None
+        self._timer = asyncio.get_running_loop().call_later(_START_WRITE_DELAY_S, self._report)
+
+    def _report(self) -> None:
+        execution = self._execution
+        self._write = asyncio.ensure_future(
+            execution._guard(execution._api.start_task(execution.lease, self._start))
+        )
+
+    async def settle(self) -> bool:
+        """Before the end is written: whether the start is already in storage."""
+        self._timer.cancel()
+        if self._write is None:
+            return False
+        await self._write  # the end must come after the start
+        return True
+
+    def abandon(self) -> None:
+        """The attempt was interrupted: no end will follow."""
+        self._timer.cancel()
+        write = self._write
+        if write is not None:  # still lands; keep it referenced until it does
+            self._execution._pending_writes.add(write)
+            write.add_done_callback(self._execution._pending_writes.discard)
+
+
+class _Timing:
+    __slots__ = ("began", "start_reported")
+
+    def __init__(self, began: float, start_reported: bool) -> None:
+        self.began = began
+        self.start_reported = start_reported
 
 
 class _Retry:
