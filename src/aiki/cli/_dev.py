@@ -71,6 +71,7 @@ async def _dev(storage: str, host: str, port: int, exit_when_done: bool) -> None
                 )
                 await stop.wait()
                 click.echo("Stopping: running work gets the grace period, the rest is handed back.")
+        srv.service.begin_shutdown()
         await http.stop()
 
 

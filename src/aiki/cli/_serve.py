@@ -46,6 +46,7 @@ async def serve(storage: str, host: str, port: int, api_key: str | None) -> None
         click.echo(f"Aiki server listening on {url} (storage {storage})")
         await stop.wait()
         click.echo("Aiki server stopping")
+        srv.service.begin_shutdown()  # long-polls answer now instead of holding up the exit
         await http.stop()
 
 

@@ -62,6 +62,7 @@ class Server:
         if self._timers is not None:
             return
         await self.storage.open()
+        self._service.accept_long_polls()
         self._timers = asyncio.create_task(
             TimerLoop(self._service, self.clock).run(), name="aiki timers"
         )
@@ -71,6 +72,7 @@ class Server:
         timers, self._timers = self._timers, None
         if timers is None:
             return
+        self._service.begin_shutdown()
         timers.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await timers

@@ -59,6 +59,8 @@ class Service:
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._closing = Signal()  # long-polls return at once when the server shuts down
+        self._closed = False
 
     # --- applications -------------------------------------------------------------------
 
@@ -133,9 +135,9 @@ class Service:
                 if status.state.is_final:
                     return status
                 remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self._closed:
                     return status
-                await wait_any([ticket], min(remaining, _WAIT_RECHECK_S))
+                await wait_any([ticket, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S))
             finally:
                 self._run_ended.release(run_id)
 
@@ -172,8 +174,9 @@ class Service:
                     claimed = []
                 cancels = tuple(self._cancel_notices.pop(worker, ()))
                 remaining = deadline - loop.time()
-                if claimed or cancels or remaining <= 0:
+                if claimed or cancels or remaining <= 0 or self._closed:
                     return PollReply(claimed=tuple(claimed), cancel_requested=cancels)
+                tickets.append(self._closing.ticket())
                 await wait_any(tickets, min(remaining, request.recheck_ms / 1000))
             finally:
                 self._worker_notices.release(worker)
@@ -255,6 +258,19 @@ class Service:
         task = asyncio.create_task(coro, name="aiki hand-back")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def accept_long_polls(self) -> None:
+        """Undo `begin_shutdown()` when a stopped server starts again."""
+        self._closed = False
+
+    def begin_shutdown(self) -> None:
+        """Answer every long-poll now and every new one at once: the server is going away.
+
+        Clients and workers see an ordinary empty reply and ask again, reaching another server
+        or this one once it is back.
+        """
+        self._closed = True
+        self._closing.notify()
 
     async def close(self) -> None:
         """Finish background hand-backs."""

@@ -22,6 +22,7 @@ from aiki.worker._execution import RunExecution, StopReason
 _log = logging.getLogger("aiki.worker")
 
 _FIRST_RETRY_DELAY_MS = 100
+_UNREGISTER_TIMEOUT_S = 2.0
 
 
 class Worker:
@@ -108,9 +109,11 @@ class Worker:
         await _finish(heartbeat)
         self._loops = []
         try:
-            await self._api.unregister_worker(self.id)
-        except Exception as exc:  # the server may be gone; it will see the worker expire
-            _log.warning("worker %s: could not unregister (%s)", self.id, exc)
+            # Best effort and bounded: with the server gone, the worker's lease runs out anyway.
+            async with asyncio.timeout(_UNREGISTER_TIMEOUT_S):
+                await self._api.unregister_worker(self.id)
+        except Exception as exc:
+            _log.warning("worker %s: could not unregister (%r)", self.id, exc)
 
     async def _kill(self) -> None:
         """Stop at once and write nothing, as if the process died (see `aiki.testing`)."""
