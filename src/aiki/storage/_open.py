@@ -15,6 +15,11 @@ def open_storage(url: str, *, clock: Clock | None = None) -> Storage:
 
     `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` and `sqlite://:memory:` are
     understood; `?synchronous=normal` trades durability against power loss for latency.
+    `postgresql://user:password@host:port/database` (or `postgres://`) is PostgreSQL, with
+    libpq's URL options (`?sslmode=require`...); it needs the extra `aiki[postgres]`.
+
+    A PostgreSQL storage reads time from the database clock, so that servers on several
+    machines agree on due times: a `SystemClock` is not passed on to it; a test clock is.
 
     Raises:
         ConfigError: the URL names no backend Aiki has.
@@ -33,7 +38,22 @@ def open_storage(url: str, *, clock: Clock | None = None) -> Storage:
                 "(SQLite understands synchronous=full|normal)"
             )
         return SqliteStorage(location, clock=clock or SystemClock(), synchronous=synchronous)
+    if url.startswith(("postgresql://", "postgres://")):
+        return _postgres(url, clock)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
-        f"storage URL {url!r}: unknown scheme {scheme!r} (expected sqlite:///path/to/file.db)"
+        f"storage URL {url!r}: unknown scheme {scheme!r} (expected sqlite:///path/to/file.db or postgresql://host/database)"
     )
+
+
+def _postgres(url: str, clock: Clock | None) -> Storage:
+    # Imported here, not at the top: aiki.storage.postgres imports asyncpg, which only the
+    # extra aiki[postgres] installs, and this module is imported by `import aiki`.
+    try:
+        from aiki.storage.postgres import PostgresStorage
+    except ImportError as exc:
+        raise ConfigError(
+            f"storage URL {url!r} needs the PostgreSQL driver: pip install 'aiki[postgres]' ({exc})"
+        ) from exc
+    test_clock = None if clock is None or isinstance(clock, SystemClock) else clock
+    return PostgresStorage(url, clock=test_clock)

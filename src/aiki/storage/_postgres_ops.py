@@ -1,0 +1,705 @@
+"""What each `PostgresStorage` method does, as functions of a connection pool.
+
+Each method is one statement, so one round trip and one transaction, except `fire_timers`
+when something is due (see there). The statements write only when their checks pass; when a
+worker write is refused, the statement says why, and the same error as SQLite's is raised here,
+from the same state machine. `now` is a test clock's reading, or None for the database clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from aiki._core.ids import RunId, WorkerId, new_run_id
+from aiki._core.models import (
+    ClaimedRun,
+    Enqueued,
+    EventKind,
+    HeartbeatReply,
+    HistoryEvent,
+    Lease,
+    NewRun,
+    RunOutcome,
+    RunStatus,
+    TaskAddress,
+    TaskEnd,
+    TaskOutcome,
+    TaskRecord,
+    TaskStart,
+    TimerReport,
+    WaitInfo,
+    WaitKind,
+    WorkerInfo,
+    WorkflowKey,
+    WorkflowSummary,
+)
+from aiki._core.serde import loads
+from aiki._core.states import TARGET, RunAction, RunState, allowed, check_transition
+from aiki.errors import (
+    ErrorInfo,
+    IdempotencyConflictError,
+    LeaseLostError,
+    RecoveryLimitError,
+    RunNotFoundError,
+    StorageError,
+)
+from aiki.storage._postgres_schema import Query, load_postgres_queries
+
+# Strings: the stubs make these generic; asyncpg's classes are not subscriptable at run time.
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+Record: TypeAlias = asyncpg.Record
+
+Q = load_postgres_queries()
+
+LEASE_EXPIRED_ERROR_TYPE = f"{RecoveryLimitError.__module__}.{RecoveryLimitError.__qualname__}"
+
+# Sorts after every run id (ids are lowercase hex, compared bytewise): no lower bound for paging.
+_FIRST_PAGE = "~"
+
+# A statement that found its run moved by a concurrent write is run again, this often at most.
+_RACE_RETRIES = 5
+
+_END_ACTIONS = {
+    RunState.COMPLETED: RunAction.COMPLETE,
+    RunState.FAILED: RunAction.FAIL,
+    RunState.CANCELLED: RunAction.CANCEL,
+}
+_END_EVENTS = {
+    RunState.COMPLETED: EventKind.COMPLETED,
+    RunState.FAILED: EventKind.FAILED,
+    RunState.CANCELLED: EventKind.CANCELLED,
+}
+
+
+def _allowed_states(action: RunAction) -> list[str]:
+    """The states the state machine lets `action` start from, for a statement's `:allowed`."""
+    return [state.value for state in RunState if allowed(action, state)]
+
+
+_ALLOWED = {action: _allowed_states(action) for action in RunAction}
+# A pending or waiting run is cancelled at once; a running one is only flagged for its worker.
+_CANCEL_NOW = [state for state in _ALLOWED[RunAction.CANCEL] if state != RunState.RUNNING]
+
+
+def _check_fixed_states() -> None:
+    """Fail at import if the state machine no longer matches the states queries.sql names.
+
+    Claims, task writes, heartbeats and timers spell their states out ('pending', 'running',
+    'waiting') so that the partial indexes apply; the other changes take `:allowed` from the
+    state machine at run time.
+    """
+    fixed = {
+        RunAction.CLAIM: ([RunState.PENDING], RunState.RUNNING),
+        RunAction.WAKE: ([RunState.WAITING], RunState.PENDING),
+        RunAction.EXPIRE_LEASE: ([RunState.RUNNING], RunState.PENDING),
+    }
+    for action, (sources, target) in fixed.items():
+        if _ALLOWED[action] != [state.value for state in sources] or TARGET[action] is not target:
+            raise RuntimeError(f"queries.sql hard-codes the states of {action!r}: update it")
+
+
+_check_fixed_states()
+
+
+# --- rows and JSON ----------------------------------------------------------------------------
+
+
+# Built once: `json.dumps` with non-default options builds a new encoder on every call.
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _error_text(error: ErrorInfo | None) -> str | None:
+    return None if error is None else _json(error.to_json())
+
+
+def _error_info(text: str | None) -> ErrorInfo | None:
+    return None if text is None else ErrorInfo.from_json(json.loads(text))
+
+
+def run_from_row(row: Record, start: int = 0) -> RunStatus:
+    """A `RunStatus` from the run columns, in queries.sql's order, from column `start` on."""
+    (run_id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+     recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+     lease_expires_at, cancel_requested, cancel_reason, created_at,
+     updated_at) = row[start:start + 20]  # fmt: skip
+    wait = (
+        None
+        if wait_kind is None
+        else WaitInfo(kind=WaitKind(wait_kind), until_ms=wait_until, detail=wait_detail or "")
+    )
+    return RunStatus(
+        id=RunId(run_id),
+        workflow=workflow,
+        version=version,
+        state=RunState(state),
+        payload=loads(payload),
+        result=None if result is None else loads(result),
+        error=_error_info(error),
+        idempotency_key=idempotency_key,
+        attempt=attempt,
+        recovery_attempts=recovery_attempts,
+        revision=revision,
+        wait=wait,
+        worker_id=None if worker_id is None else WorkerId(worker_id),
+        lease_expires_at_ms=lease_expires_at,
+        cancel_requested=cancel_requested,
+        cancel_reason=cancel_reason,
+        created_at_ms=created_at,
+        updated_at_ms=updated_at,
+    )
+
+
+async def _fetch(db: Pool, name: str, **params: Any) -> list[Record]:
+    query = Q[name]
+    return await db.fetch(query.sql, *query.args(params))
+
+
+async def _fetchrow(db: Pool, name: str, **params: Any) -> Record | None:
+    query = Q[name]
+    return await db.fetchrow(query.sql, *query.args(params))
+
+
+async def _fetchone(db: Pool, name: str, **params: Any) -> Record:
+    """The row of a statement that returns one row, even when it changed nothing."""
+    row = await _fetchrow(db, name, **params)
+    if row is None:
+        raise StorageError(f"PostgreSQL returned no row for {name}")
+    return row
+
+
+# --- clock and runs -----------------------------------------------------------------------------
+
+
+async def now_ms(db: Pool) -> int:
+    value: int = await db.fetchval(Q["now"].sql)
+    return value
+
+
+async def enqueue(db: Pool, now: int | None, new: NewRun) -> Enqueued:
+    run_id = new_run_id()
+    row = await _fetchone(
+        db,
+        "enqueue",
+        now=now,
+        id=run_id,
+        workflow=new.workflow,
+        version=new.version,
+        payload=new.payload_json,
+        idempotency_key=new.idempotency_key,
+    )
+    created_at: int | None = row[0]
+    if created_at is not None:
+        run = RunStatus(
+            id=run_id,
+            workflow=new.workflow,
+            version=new.version,
+            state=RunState.PENDING,
+            payload=loads(new.payload_json),
+            idempotency_key=new.idempotency_key,
+            created_at_ms=created_at,
+            updated_at_ms=created_at,
+        )
+        return Enqueued(run=run, created=True)
+    key = new.idempotency_key
+    assert key is not None  # only a key can conflict
+    if row[1] is not None:
+        existing, start = row, 1
+    else:
+        # The run holding the key was committed after this statement's snapshot was taken (the
+        # INSERT waited for it): a new statement sees it.
+        found = await _fetchrow(
+            db,
+            "find_by_idempotency_key",
+            workflow=new.workflow,
+            version=new.version,
+            idempotency_key=key,
+        )
+        if found is None:
+            raise StorageError(f"idempotency key {key!r} is taken, yet no run holds it")
+        existing, start = found, 0
+    run = run_from_row(existing, start)
+    # Payloads are canonical JSON text, stored as given (json, not jsonb): equal payloads are
+    # equal strings.
+    if existing[start + 4] != new.payload_json:
+        raise IdempotencyConflictError(
+            workflow=new.workflow, version=new.version, idempotency_key=key, run_id=run.id
+        )
+    return Enqueued(run=run, created=False)
+
+
+async def get_run(db: Pool, run_id: RunId) -> RunStatus | None:
+    row = await db.fetchrow(Q["get_run"].sql, run_id)
+    return None if row is None else run_from_row(row)
+
+
+def _list_query(workflow: str | None, state: RunState | None) -> Query:
+    # One statement per filter combination: each gets a plan for its own index.
+    if workflow is not None and state is not None:
+        return Q["list_runs_by_workflow_and_state"]
+    if workflow is not None:
+        return Q["list_runs_by_workflow"]
+    if state is not None:
+        return Q["list_runs_by_state"]
+    return Q["list_runs"]
+
+
+async def list_runs(
+    db: Pool,
+    *,
+    workflow: str | None,
+    state: RunState | None,
+    after: RunId | None,
+    limit: int,
+) -> list[RunStatus]:
+    if limit <= 0:
+        return []
+    params: dict[str, Any] = {"after": _FIRST_PAGE if after is None else after, "limit": limit}
+    if workflow is not None:
+        params["workflow"] = workflow
+    if state is not None:
+        params["state"] = state.value
+    query = _list_query(workflow, state)
+    return [run_from_row(row) for row in await db.fetch(query.sql, *query.args(params))]
+
+
+async def get_history(db: Pool, run_id: RunId) -> list[HistoryEvent]:
+    return [
+        HistoryEvent(
+            seq=seq,
+            at_ms=at,
+            kind=EventKind(kind),
+            state=RunState(state),
+            data=json.loads(data) if data else {},
+        )
+        for seq, at, kind, state, data in await db.fetch(Q["get_history"].sql, run_id)
+    ]
+
+
+async def cancel(db: Pool, now: int | None, run_id: RunId, reason: str | None) -> RunStatus:
+    for _ in range(_RACE_RETRIES):
+        row = await _fetchrow(db, "cancel", now=now, reason=reason, id=run_id, allowed=_CANCEL_NOW)
+        if row is None:
+            raise RunNotFoundError(run_id)
+        run = run_from_row(row, 1)
+        if row[0] or run.state.is_final or run.cancel_requested:
+            return run
+        if run.state is not RunState.RUNNING:
+            check_transition(run_id, run.state, RunAction.CANCEL)
+        # The snapshot showed a run this statement should have changed: a concurrent write
+        # (a claim, a wake-up) moved it first. Look again.
+    raise StorageError(f"run {run_id} kept changing while it was being cancelled")
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+def _task_records(row: Record) -> tuple[TaskRecord, ...]:
+    tasks, digests, indexes, outcomes, attempts, results, errors = row[20:27]
+    if tasks is None:
+        return ()
+    return tuple(
+        TaskRecord(
+            address=TaskAddress(task=task, digest=digest, index=index),
+            outcome=TaskOutcome(outcome),
+            attempts=count,
+            result_json=result,
+            error=_error_info(error),
+        )
+        for task, digest, index, outcome, count, result, error in zip(
+            tasks, digests, indexes, outcomes, attempts, results, errors, strict=True
+        )
+    )
+
+
+async def claim(
+    db: Pool,
+    now: int | None,
+    worker_id: WorkerId,
+    workflows: Sequence[WorkflowKey],
+    limit: int,
+    lease_ms: int,
+) -> list[ClaimedRun]:
+    if limit <= 0 or not workflows:
+        return []
+    keys = list(dict.fromkeys(workflows))
+    query = Q["claim"]
+    rows = await db.fetch(
+        query.sql,
+        *query.args(
+            {
+                "now": now,
+                "names": [key.name for key in keys],
+                "versions": [key.version for key in keys],
+                "limit": limit,
+                "worker_id": worker_id,
+                "lease_ms": lease_ms,
+            }
+        ),
+    )
+    claimed: list[ClaimedRun] = []
+    for row in rows:
+        run = run_from_row(row)
+        claimed.append(
+            ClaimedRun(
+                run=run, revision=run.revision, now_ms=run.updated_at_ms, tasks=_task_records(row)
+            )
+        )
+    return claimed
+
+
+async def heartbeat(
+    db: Pool,
+    now: int | None,
+    worker_id: WorkerId,
+    leases: Sequence[Lease],
+    lease_ms: int,
+) -> HeartbeatReply:
+    query = Q["heartbeat"]
+    rows = await db.fetch(
+        query.sql,
+        *query.args(
+            {
+                "now": now,
+                "ids": [lease.run_id for lease in leases],
+                "revisions": [lease.revision for lease in leases],
+                "lease_ms": lease_ms,
+                "worker_id": worker_id,
+            }
+        ),
+    )
+    lost = tuple(RunId(run_id) for run_id, held, _ in rows if not held)
+    cancels = tuple(RunId(run_id) for run_id, held, flagged in rows if held and flagged)
+    return HeartbeatReply(lost=lost, cancel_requested=cancels)
+
+
+def _task_data(address: TaskAddress, attempt: int, worker_id: WorkerId) -> dict[str, Any]:
+    return {
+        "task": address.task,
+        "index": address.index,
+        "digest": address.digest,
+        "attempt": attempt,
+        "worker_id": worker_id,
+    }
+
+
+async def start_task(db: Pool, now: int | None, lease: Lease, start: TaskStart) -> None:
+    data = _task_data(start.address, start.attempt, start.worker_id)
+    query = Q["start_task"]
+    held = await db.fetchval(
+        query.sql,
+        *query.args(
+            {"now": now, "id": lease.run_id, "revision": lease.revision, "data": _json(data)}
+        ),
+    )
+    if not held:
+        raise LeaseLostError(lease.run_id, lease.revision)
+
+
+async def finish_task(db: Pool, now: int | None, lease: Lease, end: TaskEnd) -> bool:
+    address = end.address
+    kind = (
+        EventKind.TASK_COMPLETED if end.outcome is TaskOutcome.COMPLETED else EventKind.TASK_FAILED
+    )
+    data = _task_data(address, end.attempt, end.worker_id) | {
+        "duration_ms": end.duration_ms,
+        "error": None if end.error is None else end.error.to_json(),
+        "final": end.outcome is TaskOutcome.FAILED,
+        "retry_delay_ms": end.retry_delay_ms,
+    }
+    query = Q["finish_task"]
+    rows = await db.fetch(
+        query.sql,
+        *query.args(
+            {
+                "now": now,
+                "id": lease.run_id,
+                "revision": lease.revision,
+                "task": address.task,
+                "digest": address.digest,
+                "idx": address.index,
+                "outcome": end.outcome.value,
+                "attempts": end.attempt,
+                "result": end.result_json,
+                "error": _error_text(end.error),
+                "kind": kind.value,
+                "data": _json(data),
+            }
+        ),
+    )
+    if not rows:
+        raise LeaseLostError(lease.run_id, lease.revision)
+    cancel_requested: bool = rows[0][0]
+    return cancel_requested
+
+
+def _refused(lease: Lease, action: RunAction, state: str | None, revision: int | None) -> None:
+    """Raise what SQLite raises for a refused state change: a lost lease, else the state machine.
+
+    `state` and `revision` are the run as the refused statement's snapshot saw it.
+    """
+    if state is None or revision != lease.revision:
+        raise LeaseLostError(lease.run_id, lease.revision)
+    check_transition(lease.run_id, RunState(state), action)
+    # The snapshot allowed the change, but the row had moved on by the time it was locked:
+    # a concurrent write bumped the revision.
+    raise LeaseLostError(lease.run_id, lease.revision)
+
+
+async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> None:
+    data = {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail}
+    row = await _fetchone(
+        db,
+        "suspend",
+        now=now,
+        id=lease.run_id,
+        revision=lease.revision,
+        allowed=_ALLOWED[RunAction.SUSPEND],
+        wait_kind=wait.kind.value,
+        wait_until=wait.until_ms,
+        wait_detail=wait.detail,
+        data=_json(data),
+    )
+    changed, state, revision = row
+    if not changed:
+        _refused(lease, RunAction.SUSPEND, state, revision)
+
+
+async def release(db: Pool, now: int | None, lease: Lease) -> None:
+    row = await _fetchone(
+        db,
+        "release",
+        now=now,
+        id=lease.run_id,
+        revision=lease.revision,
+        allowed=_ALLOWED[RunAction.RELEASE],
+    )
+    changed, state, revision = row
+    if not changed:
+        _refused(lease, RunAction.RELEASE, state, revision)
+
+
+async def finish(db: Pool, now: int | None, lease: Lease, outcome: RunOutcome) -> RunStatus:
+    action = _END_ACTIONS[outcome.state]
+    target = TARGET[action]
+    error = _error_text(outcome.error)
+    row = await _fetchone(
+        db,
+        "finish",
+        now=now,
+        id=lease.run_id,
+        revision=lease.revision,
+        allowed=_ALLOWED[action],
+        state=target.value,
+        kind=_END_EVENTS[target].value,
+        result=outcome.result_json,
+        error=error,
+        reason=outcome.reason,
+        error_data=None if error is None else f'{{"error":{error}}}',
+    )
+    if row[2] is None:
+        _refused(lease, action, row[0], row[1])
+    return run_from_row(row, 2)
+
+
+async def register_worker(
+    db: Pool,
+    now: int | None,
+    worker_id: WorkerId,
+    workflows: Sequence[WorkflowKey],
+    lease_ms: int,
+) -> None:
+    keys = list(dict.fromkeys(workflows))
+    query = Q["register_worker"]
+    await db.execute(
+        query.sql,
+        *query.args(
+            {
+                "now": now,
+                "id": worker_id,
+                "workflows": _json([{"name": key.name, "version": key.version} for key in keys]),
+                "lease_ms": lease_ms,
+                "names": [key.name for key in keys],
+                "versions": [key.version for key in keys],
+            }
+        ),
+    )
+
+
+async def unregister_worker(db: Pool, now: int | None, worker_id: WorkerId) -> None:
+    query = Q["unregister_worker"]
+    await db.execute(query.sql, *query.args({"now": now, "id": worker_id}))
+
+
+async def list_workers(db: Pool, now: int | None) -> list[WorkerInfo]:
+    return [
+        WorkerInfo(
+            id=WorkerId(worker_id),
+            workflows=tuple(
+                WorkflowKey(name=k["name"], version=k["version"]) for k in json.loads(workflows)
+            ),
+            last_seen_ms=last_seen,
+            alive_until_ms=alive_until,
+            alive=alive,
+        )
+        for worker_id, workflows, last_seen, alive_until, alive in await db.fetch(
+            Q["list_workers"].sql, now
+        )
+    ]
+
+
+async def list_workflows(db: Pool, now: int | None) -> list[WorkflowSummary]:
+    return [
+        WorkflowSummary(
+            name=name,
+            version=version,
+            live_workers=tuple(WorkerId(worker) for worker in live or ()),
+            runs=dict(zip(states or (), counts or (), strict=True)),
+        )
+        for name, version, states, counts, live in await db.fetch(Q["list_workflows"].sql, now)
+    ]
+
+
+# --- timers -------------------------------------------------------------------------------------
+
+
+async def fire_timers(
+    db: Pool, now: int | None, *, max_recovery_attempts: int, limit: int
+) -> TimerReport:
+    """Wake due waits and take back expired leases.
+
+    A first statement looks at the clock and the earliest due times (one round trip; all a
+    server's timer loop pays when nothing is due). When something is due, one transaction locks
+    the due runs (SKIP LOCKED: another server's timers take the others), decides each change
+    here, with the state machine, and applies them all in one statement.
+    """
+    clock, next_wait, next_lease = await _fetchone(db, "timers_due", now=now)
+    dues = [due for due in (next_wait, next_lease) if due is not None]
+    if limit <= 0 or not any(due <= clock for due in dues):
+        return TimerReport(next_due_ms=min(dues) if dues else None)
+    async with db.acquire() as conn, conn.transaction():
+        return await _fire_due(
+            conn, clock, max_recovery_attempts=max_recovery_attempts, limit=limit
+        )
+
+
+class _Changes:
+    """The run changes of one fire_timers pass, as the parallel arrays apply_timers takes."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.states: list[str] = []
+        self.recovered: list[int] = []
+        self.errors: list[str | None] = []
+        self.kinds: list[str] = []
+        self.data: list[str] = []
+
+    def add(
+        self,
+        run_id: str,
+        state: RunState,
+        kind: EventKind,
+        data: dict[str, Any],
+        *,
+        recovered: int = 0,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        self.ids.append(run_id)
+        self.states.append(state.value)
+        self.recovered.append(recovered)
+        self.errors.append(_error_text(error))
+        self.kinds.append(kind.value)
+        self.data.append(_json(data))
+
+
+async def _fire_due(
+    conn: Connection, now: int, *, max_recovery_attempts: int, limit: int
+) -> TimerReport:
+    changes = _Changes()
+    expired: list[RunId] = []
+    ended: list[RunId] = []
+    woken: list[RunId] = []
+    query = Q["lock_expired_leases"]
+    for row in await conn.fetch(query.sql, *query.args({"now": now, "limit": limit})):
+        run_id = row[0]
+        target = _expire_lease(changes, row, max_recovery_attempts=max_recovery_attempts)
+        (ended if target.is_final else expired).append(RunId(run_id))
+    remaining = limit - len(changes.ids)
+    if remaining > 0:
+        query = Q["lock_due_waits"]
+        for run_id, wait_kind, wait_detail in await conn.fetch(
+            query.sql, *query.args({"now": now, "limit": remaining})
+        ):
+            target = check_transition(run_id, RunState.WAITING, RunAction.WAKE)
+            data = {"kind": wait_kind, "detail": wait_detail}
+            changes.add(run_id, target, EventKind.WOKEN, data)
+            woken.append(RunId(run_id))
+    query = Q["apply_timers"]
+    next_wait, next_lease = await conn.fetchrow(
+        query.sql,
+        *query.args(
+            {
+                "ids": changes.ids,
+                "states": changes.states,
+                "recovered": changes.recovered,
+                "errors": changes.errors,
+                "kinds": changes.kinds,
+                "data": changes.data,
+                "now": now,
+            }
+        ),
+    ) or (None, None)
+    dues = [due for due in (next_wait, next_lease) if due is not None]
+    return TimerReport(
+        woken=tuple(woken),
+        expired=tuple(expired),
+        ended=tuple(ended),
+        next_due_ms=min(dues) if dues else None,
+    )
+
+
+def _expire_lease(changes: _Changes, row: Record, *, max_recovery_attempts: int) -> RunState:
+    """Decide what becomes of a run whose worker went silent; return the state it is left in."""
+    run_id, worker_id, recovery_attempts, cancel_requested, cancel_reason, kinds, texts = row
+    losses = recovery_attempts + 1
+    data: dict[str, Any] = {
+        "worker_id": worker_id,
+        "interrupted": _interrupted_tasks(kinds or (), texts or ()),
+    }
+    if cancel_requested:
+        target = check_transition(run_id, RunState.RUNNING, RunAction.CANCEL)
+        data |= {"reason": cancel_reason, "lease_expired": True}
+        changes.add(run_id, target, EventKind.CANCELLED, data)
+    elif losses > max_recovery_attempts:
+        target = check_transition(run_id, RunState.RUNNING, RunAction.FAIL)
+        error = ErrorInfo(
+            type=LEASE_EXPIRED_ERROR_TYPE,
+            message=(
+                f"workflow run {run_id} lost its worker {losses} time(s), the last time worker "
+                f"{worker_id!r}; max_recovery_attempts is {max_recovery_attempts}"
+            ),
+        )
+        data |= {"error": error.to_json(), "lease_expired": True}
+        changes.add(run_id, target, EventKind.FAILED, data, error=error)
+    else:
+        target = check_transition(run_id, RunState.RUNNING, RunAction.EXPIRE_LEASE)
+        data["recovery_attempts"] = losses
+        changes.add(run_id, target, EventKind.LEASE_EXPIRED, data, recovered=1)
+    return target
+
+
+def _interrupted_tasks(kinds: Sequence[str], texts: Sequence[str]) -> list[dict[str, Any]]:
+    """The task attempts the lost worker started and never reported, oldest first."""
+    started: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for kind, text in zip(kinds, texts, strict=True):
+        data = json.loads(text)
+        key = (data["task"], data["digest"], data["index"], data["attempt"])
+        if kind == EventKind.TASK_STARTED.value:
+            started[key] = {name: data[name] for name in ("task", "index", "digest", "attempt")}
+        else:
+            started.pop(key, None)
+    return list(started.values())

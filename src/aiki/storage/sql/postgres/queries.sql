@@ -1,0 +1,465 @@
+-- Every statement the PostgreSQL backend runs, by name (`-- name: NAME` opens a block).
+-- `:name` is a parameter (`_postgres_queries` turns them into $1, $2...). `:now` is a test
+-- clock's reading or NULL; aiki_now_ms(:now) is then the database clock.
+-- Each protocol method is one statement where it can be: data-modifying CTEs make the checks,
+-- the writes and the history event one atomic round trip. A write that must not happen (stale
+-- lease, forbidden transition) is a CTE whose WHERE finds no row, so nothing is written, and
+-- the statement also returns what Python needs to raise the same error as SQLite.
+-- Queries returning a run select the columns in the order `_postgres_ops.run_from_row` reads.
+
+-- name: now
+SELECT aiki_now_ms(NULL);
+
+-- name: get_run
+SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE id = :id;
+
+-- name: find_by_idempotency_key
+SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempotency_key;
+
+-- name: enqueue
+-- Insert unless the idempotency key is taken; `created_at` is NULL when it was. The run holding
+-- the key comes along when this statement's snapshot sees it; when it was committed by a
+-- concurrent enqueue after the snapshot (ON CONFLICT waited for it), the caller reads it with
+-- find_by_idempotency_key.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+inserted AS (
+    INSERT INTO runs (id, workflow, version, state, payload, idempotency_key, last_seq,
+                      created_at, updated_at)
+    SELECT :id, :workflow, :version, 'pending', :payload, :idempotency_key, 1, now, now
+    FROM clock
+    ON CONFLICT (workflow, version, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING id, created_at
+),
+known_workflow AS (
+    INSERT INTO workflows (name, version, first_seen)
+    SELECT :workflow, :version, created_at FROM inserted
+    ON CONFLICT DO NOTHING
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state)
+    SELECT id, 1, created_at, 'run_enqueued', 'pending' FROM inserted
+)
+SELECT (SELECT created_at FROM inserted) AS created_at, existing.*
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+    SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+           recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+           lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+    FROM runs
+    WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempotency_key
+) AS existing ON true;
+
+-- name: get_history
+SELECT seq, at, kind, state, data FROM history WHERE run_id = :run_id ORDER BY seq;
+
+-- name: list_runs
+-- `:after` is the last id of the previous page, or '~' (sorts after every id) for the first page.
+SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE id < :after
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_runs_by_workflow
+SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE workflow = :workflow AND id < :after
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_runs_by_state
+SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE state = :state AND id < :after
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: list_runs_by_workflow_and_state
+SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE workflow = :workflow AND state = :state AND id < :after
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: claim
+-- Per workflow key, the oldest pending runs no other claimer holds (an ordered scan of the
+-- partial index runs_pending, skipping locked rows), merged oldest first. `state = 'pending'` is
+-- spelled out so that the partial index applies. The UPDATE checks the state again: a row
+-- claimed and committed since this statement's snapshot is not taken twice.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+picked AS (
+    SELECT candidate.id
+    FROM unnest(:names::text[], :versions::text[]) AS k(name, version)
+    CROSS JOIN LATERAL (
+        SELECT id FROM runs
+        WHERE state = 'pending' AND workflow = k.name AND version = k.version
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) AS candidate
+    ORDER BY candidate.id
+    LIMIT :limit
+),
+claimed AS (
+    UPDATE runs AS r
+    SET state = 'running', revision = r.revision + 1, attempt = r.attempt + 1,
+        worker_id = :worker_id, lease_expires_at = clock.now + :lease_ms,
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL, updated_at = clock.now,
+        last_seq = r.last_seq + 1
+    FROM picked, clock
+    WHERE r.id = picked.id AND r.state = 'pending'
+    RETURNING r.id, r.workflow, r.version, r.state, r.payload, r.result, r.error,
+              r.idempotency_key, r.attempt, r.recovery_attempts, r.revision, r.wait_kind,
+              r.wait_until, r.wait_detail, r.worker_id, r.lease_expires_at, r.cancel_requested,
+              r.cancel_reason, r.created_at, r.updated_at, r.last_seq
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, updated_at, 'run_claimed', 'running',
+           json_build_object('worker_id', worker_id, 'attempt', attempt)
+    FROM claimed
+)
+SELECT c.id, c.workflow, c.version, c.state, c.payload, c.result, c.error, c.idempotency_key,
+       c.attempt, c.recovery_attempts, c.revision, c.wait_kind, c.wait_until, c.wait_detail,
+       c.worker_id, c.lease_expires_at, c.cancel_requested, c.cancel_reason, c.created_at,
+       c.updated_at,
+       t.tasks, t.digests, t.indexes, t.outcomes, t.attempts, t.results, t.errors
+FROM claimed AS c
+LEFT JOIN LATERAL (
+    SELECT array_agg(task ORDER BY task, digest, idx) AS tasks,
+           array_agg(digest ORDER BY task, digest, idx) AS digests,
+           array_agg(idx ORDER BY task, digest, idx) AS indexes,
+           array_agg(outcome ORDER BY task, digest, idx) AS outcomes,
+           array_agg(attempts ORDER BY task, digest, idx) AS attempts,
+           array_agg(result::text ORDER BY task, digest, idx) AS results,
+           array_agg(error::text ORDER BY task, digest, idx) AS errors
+    FROM task_results
+    WHERE run_id = c.id
+) AS t ON true
+ORDER BY c.id;
+
+-- name: heartbeat
+-- Leases come as two arrays in the caller's order; the reply keeps that order.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+lease AS (
+    SELECT * FROM unnest(:ids::text[], :revisions::bigint[]) WITH ORDINALITY AS l(id, revision, n)
+),
+extended AS (
+    UPDATE runs AS r SET lease_expires_at = clock.now + :lease_ms
+    FROM lease, clock
+    WHERE r.id = lease.id AND r.revision = lease.revision AND r.state = 'running'
+    RETURNING r.id, r.cancel_requested
+),
+worker AS (
+    INSERT INTO workers (id, workflows, last_seen, alive_until)
+    SELECT :worker_id, '[]', now, now + :lease_ms FROM clock
+    ON CONFLICT (id) DO UPDATE
+    SET last_seen = excluded.last_seen, alive_until = excluded.alive_until
+)
+SELECT lease.id, extended.id IS NOT NULL AS held, extended.cancel_requested
+FROM lease LEFT JOIN extended ON extended.id = lease.id
+ORDER BY lease.n;
+
+-- name: start_task
+-- `held` finds no row unless the lease is current and the run running: then nothing is written.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+held AS (
+    UPDATE runs SET last_seq = last_seq + 1
+    WHERE id = :id AND revision = :revision AND state = 'running'
+    RETURNING id, last_seq
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, now, 'task_started', 'running', :data FROM held, clock
+)
+SELECT count(*) FROM held;
+
+-- name: finish_task
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+held AS (
+    UPDATE runs SET last_seq = last_seq + 1
+    WHERE id = :id AND revision = :revision AND state = 'running'
+    RETURNING id, last_seq, cancel_requested
+),
+recorded AS (
+    INSERT INTO task_results (run_id, task, digest, idx, outcome, attempts, result, error,
+                              updated_at)
+    SELECT id, :task, :digest, :idx, :outcome, :attempts, :result, :error, now
+    FROM held, clock
+    ON CONFLICT (run_id, task, digest, idx) DO UPDATE
+    SET outcome = excluded.outcome, attempts = excluded.attempts, result = excluded.result,
+        error = excluded.error, updated_at = excluded.updated_at
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, now, :kind, 'running', :data FROM held, clock
+)
+SELECT cancel_requested FROM held;
+
+-- name: suspend
+-- `:allowed` lists the states the state machine lets a run suspend from. `cur` is the
+-- run as this statement's snapshot sees it, for the error when nothing changed.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+cur AS (SELECT state, revision FROM runs WHERE id = :id),
+changed AS (
+    UPDATE runs
+    SET state = 'waiting', revision = revision + 1,
+        wait_kind = :wait_kind, wait_until = :wait_until, wait_detail = :wait_detail,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
+        last_seq = last_seq + 1
+    FROM clock
+    WHERE id = :id AND revision = :revision AND state = ANY(:allowed::text[])
+    RETURNING id, last_seq, updated_at
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, updated_at, 'run_waiting', 'waiting', :data FROM changed
+)
+SELECT (SELECT count(*) FROM changed) AS changed, cur.state, cur.revision
+FROM (SELECT 1) AS one LEFT JOIN cur ON true;
+
+-- name: release
+-- The worker that held the run is read from the snapshot: it cannot have changed if the
+-- revision still matches (only a claim sets it, and a claim bumps the revision).
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+cur AS (SELECT state, revision, worker_id FROM runs WHERE id = :id),
+changed AS (
+    UPDATE runs
+    SET state = 'pending', revision = revision + 1,
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
+        last_seq = last_seq + 1
+    FROM clock
+    WHERE id = :id AND revision = :revision AND state = ANY(:allowed::text[])
+    RETURNING id, last_seq, updated_at
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT changed.id, changed.last_seq, changed.updated_at, 'run_released', 'pending',
+           json_build_object('worker_id', cur.worker_id)
+    FROM changed, cur
+)
+SELECT (SELECT count(*) FROM changed) AS changed, cur.state, cur.revision
+FROM (SELECT 1) AS one LEFT JOIN cur ON true;
+
+-- name: finish
+-- Completed, failed or cancelled: a final state; the lease and any wait end with it. A
+-- cancelled run's event names its reason: the one given, else the one its cancel request gave.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+cur AS (SELECT state, revision FROM runs WHERE id = :id),
+changed AS (
+    UPDATE runs
+    SET state = :state, revision = revision + 1, result = :result, error = :error,
+        cancel_reason = COALESCE(:reason, cancel_reason),
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
+        last_seq = last_seq + 1
+    FROM clock
+    WHERE id = :id AND revision = :revision AND state = ANY(:allowed::text[])
+    RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+              recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+              lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at, last_seq
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, updated_at, :kind, :state,
+           CASE
+               WHEN :state <> 'cancelled' THEN :error_data::json
+               WHEN :error::json IS NULL THEN json_build_object('reason', cancel_reason)
+               ELSE json_build_object('error', :error::json, 'reason', cancel_reason)
+           END
+    FROM changed
+)
+SELECT cur.state AS current_state, cur.revision AS current_revision, changed.*
+FROM (SELECT 1) AS one
+LEFT JOIN cur ON true
+LEFT JOIN changed ON true;
+
+-- name: cancel
+-- A running run is flagged for its worker (once); a pending or waiting one (`:allowed`) ends
+-- now; any other is returned as it is. At most one of `flagged` and `ended` matches the row.
+-- When neither changed a run that the snapshot shows could change, a concurrent write moved
+-- it first: the caller runs this again.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+flagged AS (
+    UPDATE runs SET cancel_requested = true, cancel_reason = :reason, updated_at = clock.now,
+                    last_seq = last_seq + 1
+    FROM clock
+    WHERE id = :id AND state = 'running' AND NOT cancel_requested
+    RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+              recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+              lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at, last_seq
+),
+ended AS (
+    UPDATE runs
+    SET state = 'cancelled', revision = revision + 1, result = NULL, error = NULL,
+        cancel_reason = COALESCE(:reason, cancel_reason),
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
+        last_seq = last_seq + 1
+    FROM clock
+    WHERE id = :id AND state = ANY(:allowed::text[])
+    RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+              recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+              lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at, last_seq
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, updated_at, 'cancel_requested', 'running',
+           json_build_object('reason', :reason::text)
+    FROM flagged
+    UNION ALL
+    SELECT id, last_seq, updated_at, 'run_cancelled', 'cancelled',
+           json_build_object('reason', :reason::text)
+    FROM ended
+)
+SELECT true AS changed, id, workflow, version, state, payload, result, error, idempotency_key,
+       attempt, recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM flagged
+UNION ALL
+SELECT true, id, workflow, version, state, payload, result, error, idempotency_key,
+       attempt, recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM ended
+UNION ALL
+SELECT false, id, workflow, version, state, payload, result, error, idempotency_key,
+       attempt, recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+FROM runs
+WHERE id = :id AND NOT EXISTS (SELECT 1 FROM flagged) AND NOT EXISTS (SELECT 1 FROM ended);
+
+-- name: timers_due
+-- The cheap look before fire_timers takes any lock: the clock and the earliest due times.
+-- ORDER BY ... LIMIT 1 reads one entry of each partial index.
+SELECT aiki_now_ms(:now) AS now,
+       (SELECT wait_until FROM runs WHERE state = 'waiting'
+        ORDER BY wait_until LIMIT 1) AS next_wait,
+       (SELECT lease_expires_at FROM runs WHERE state = 'running'
+        ORDER BY lease_expires_at LIMIT 1) AS next_lease;
+
+-- name: lock_expired_leases
+-- Runs whose lease passed, locked for this transaction (another server's timers skip them),
+-- with the task events since their last claim: what the lost worker started and did not end.
+SELECT r.id, r.worker_id, r.recovery_attempts, r.cancel_requested, r.cancel_reason,
+       events.kinds, events.data
+FROM (
+    SELECT id, worker_id, recovery_attempts, cancel_requested, cancel_reason, lease_expires_at
+    FROM runs
+    WHERE state = 'running' AND lease_expires_at <= :now
+    ORDER BY lease_expires_at, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+) AS r
+LEFT JOIN LATERAL (
+    SELECT array_agg(h.kind ORDER BY h.seq) AS kinds, array_agg(h.data::text ORDER BY h.seq) AS data
+    FROM history AS h
+    WHERE h.run_id = r.id
+      AND h.kind IN ('task_started', 'task_completed', 'task_failed')
+      AND h.seq > (SELECT COALESCE(max(seq), 0) FROM history
+                   WHERE run_id = r.id AND kind = 'run_claimed')
+) AS events ON true
+ORDER BY r.lease_expires_at, r.id;
+
+-- name: lock_due_waits
+SELECT id, wait_kind, wait_detail FROM runs
+WHERE state = 'waiting' AND wait_until <= :now
+ORDER BY wait_until, id
+LIMIT :limit
+FOR UPDATE SKIP LOCKED;
+
+-- name: apply_timers
+-- The changes fire_timers decided for the runs it locked, as parallel arrays: each run gets
+-- its new state and one history event. `:recovered` is 1 for a lease that expired back to
+-- pending; `:errors` is the error of a run that ends failed. The next due times leave out
+-- the runs changed here (this statement's snapshot still shows them as they were).
+WITH change AS (
+    SELECT *
+    FROM unnest(:ids::text[], :states::text[], :recovered::int[], :errors::text[],
+                :kinds::text[], :data::text[]) AS c(id, state, recovered, error, kind, data)
+),
+changed AS (
+    UPDATE runs AS r
+    SET state = change.state, revision = r.revision + 1,
+        recovery_attempts = r.recovery_attempts + change.recovered,
+        result = CASE WHEN change.state IN ('completed', 'failed', 'cancelled') THEN NULL
+                      ELSE r.result END,
+        error = CASE WHEN change.state IN ('completed', 'failed', 'cancelled')
+                     THEN change.error::json ELSE r.error END,
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = :now,
+        last_seq = r.last_seq + 1
+    FROM change
+    WHERE r.id = change.id
+    RETURNING r.id, r.last_seq
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT changed.id, changed.last_seq, :now, change.kind, change.state, change.data::json
+    FROM changed JOIN change ON change.id = changed.id
+)
+SELECT (SELECT wait_until FROM runs WHERE state = 'waiting' AND id <> ALL(:ids::text[])
+        ORDER BY wait_until LIMIT 1) AS next_wait,
+       (SELECT lease_expires_at FROM runs WHERE state = 'running' AND id <> ALL(:ids::text[])
+        ORDER BY lease_expires_at LIMIT 1) AS next_lease;
+
+-- name: register_worker
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+worker AS (
+    INSERT INTO workers (id, workflows, last_seen, alive_until)
+    SELECT :id, :workflows, now, now + :lease_ms FROM clock
+    ON CONFLICT (id) DO UPDATE
+    SET workflows = excluded.workflows, last_seen = excluded.last_seen,
+        alive_until = excluded.alive_until
+)
+INSERT INTO workflows (name, version, first_seen)
+SELECT k.name, k.version, clock.now
+FROM unnest(:names::text[], :versions::text[]) AS k(name, version), clock
+ON CONFLICT DO NOTHING;
+
+-- name: unregister_worker
+UPDATE workers SET alive_until = LEAST(alive_until, aiki_now_ms(:now)) WHERE id = :id;
+
+-- name: list_workers
+SELECT id, workflows, last_seen, alive_until, alive_until > aiki_now_ms(:now) AS alive
+FROM workers
+ORDER BY id;
+
+-- name: list_workflows
+-- One row per workflow version: its run counts by state and its live workers, in id order.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+counts AS (
+    SELECT workflow, version, array_agg(state) AS states, array_agg(n) AS counts
+    FROM (SELECT workflow, version, state, count(*) AS n
+          FROM runs GROUP BY workflow, version, state) AS per_state
+    GROUP BY workflow, version
+),
+live AS (
+    SELECT entry ->> 'name' AS name, entry ->> 'version' AS version,
+           array_agg(DISTINCT w.id ORDER BY w.id) AS ids
+    FROM workers AS w, clock, json_array_elements(w.workflows) AS entry
+    WHERE w.alive_until > clock.now
+    GROUP BY 1, 2
+)
+SELECT wf.name, wf.version, counts.states, counts.counts, live.ids
+FROM workflows AS wf
+LEFT JOIN counts ON counts.workflow = wf.name AND counts.version = wf.version
+LEFT JOIN live ON live.name = wf.name AND live.version = wf.version
+ORDER BY wf.name, wf.version;
