@@ -1,8 +1,9 @@
-"""Shared fixtures: a fake clock, an embedded server on a fresh SQLite file, workers."""
+"""Shared fixtures: a fake clock, an embedded server on a fresh SQLite file, workers, and a
+PostgreSQL database for the tests that need one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 import aiki
+from _services import PostgresDatabase, postgres_database
 from aiki.testing import FakeClock
 
 WorkerFactory = Callable[..., Awaitable[aiki.Worker]]
@@ -18,6 +20,16 @@ WorkerFactory = Callable[..., Awaitable[aiki.Worker]]
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[PostgresDatabase]:
+    """A migrated PostgreSQL database of this session's own (tests empty it with `reset()`).
+
+    Skips the test when PostgreSQL is unreachable, or fails it when CI=true (`_services`).
+    """
+    with postgres_database() as database:
+        yield database
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from _services import PostgresDatabase
 from aiki._core.clock import FakeClock
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
@@ -38,6 +39,7 @@ from aiki.errors import (
     StorageError,
 )
 from aiki.storage import Storage
+from aiki.storage.postgres import PostgresStorage
 from aiki.storage.sqlite import SqliteStorage
 
 LEASE_MS = 30_000
@@ -64,11 +66,20 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory"])
-def backend(request: pytest.FixtureRequest, tmp_path: object, clock: FakeClock) -> Backend:
+@pytest.fixture(
+    params=["sqlite-file", "sqlite-memory", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+async def backend(request: pytest.FixtureRequest, tmp_path: object, clock: FakeClock) -> Backend:
     if request.param == "sqlite-file":
         path = str(tmp_path) + "/aiki.db"
         return Backend(new=lambda: SqliteStorage(path, clock=clock), shared=True)
+    if request.param == "postgres":
+        database: PostgresDatabase = request.getfixturevalue("postgres_db")
+        await database.reset()
+        # The fake clock's readings stand in for the database clock, as for SQLite.
+        return Backend(
+            new=lambda: PostgresStorage(database.dsn, clock=clock, min_size=1), shared=True
+        )
     return Backend(new=lambda: SqliteStorage(":memory:", clock=clock), shared=False)
 
 

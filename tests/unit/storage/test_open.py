@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 import aiki
+from aiki._core.clock import FakeClock, SystemClock
 from aiki.storage import open_storage
+from aiki.storage.postgres import PostgresStorage
 from aiki.storage.sqlite import SqliteStorage
 
 
@@ -21,6 +23,26 @@ from aiki.storage.sqlite import SqliteStorage
 def test_sqlite_urls(url: str, path: str) -> None:
     storage = open_storage(url)
     assert isinstance(storage, SqliteStorage) and storage.path == path
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://aiki:secret@db.example:5433/aiki?sslmode=require", "postgres://localhost/aiki"],
+)
+def test_postgres_urls(url: str) -> None:
+    storage = open_storage(url)
+    assert isinstance(storage, PostgresStorage) and storage.dsn == url
+    assert "secret" not in repr(storage)
+
+
+def test_postgres_reads_the_database_clock_unless_a_test_clock_is_given() -> None:
+    url = "postgresql://localhost/aiki"
+    for real in (None, SystemClock()):
+        storage = open_storage(url, clock=real)
+        assert isinstance(storage, PostgresStorage) and storage.clock is None
+    fake = FakeClock()
+    storage = open_storage(url, clock=fake)
+    assert isinstance(storage, PostgresStorage) and storage.clock is fake
 
 
 @pytest.mark.parametrize(
