@@ -53,6 +53,7 @@ from aiki.storage._postgres_schema import Query, load_postgres_queries
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 Record: TypeAlias = asyncpg.Record
+Executor: TypeAlias = "Pool | Connection"  # a statement runs on either
 
 Q = load_postgres_queries()
 
@@ -154,17 +155,27 @@ def run_from_row(row: Record, start: int = 0) -> RunStatus:
     )
 
 
-async def _fetch(db: Pool, name: str, **params: Any) -> list[Record]:
+async def _fetch(db: Executor, name: str, **params: Any) -> list[Record]:
     query = Q[name]
     return await db.fetch(query.sql, *query.args(params))
 
 
-async def _fetchrow(db: Pool, name: str, **params: Any) -> Record | None:
+async def _fetchrow(db: Executor, name: str, **params: Any) -> Record | None:
     query = Q[name]
     return await db.fetchrow(query.sql, *query.args(params))
 
 
-async def _fetchone(db: Pool, name: str, **params: Any) -> Record:
+async def _fetchval(db: Executor, name: str, **params: Any) -> Any:
+    query = Q[name]
+    return await db.fetchval(query.sql, *query.args(params))
+
+
+async def _execute(db: Executor, name: str, **params: Any) -> None:
+    query = Q[name]
+    await db.execute(query.sql, *query.args(params))
+
+
+async def _fetchone(db: Executor, name: str, **params: Any) -> Record:
     """The row of a statement that returns one row, even when it changed nothing."""
     row = await _fetchrow(db, name, **params)
     if row is None:
@@ -286,8 +297,10 @@ async def cancel(db: Pool, now: int | None, run_id: RunId, reason: str | None) -
         if row is None:
             raise RunNotFoundError(run_id)
         run = run_from_row(row, 1)
-        if row[0] or run.state.is_final or run.cancel_requested:
+        if row[0] or run.state.is_final:
             return run
+        if run.state is RunState.RUNNING and run.cancel_requested:
+            return run  # flagged already: its worker ends it
         if run.state is not RunState.RUNNING:
             check_transition(run_id, run.state, RunAction.CANCEL)
         # The snapshot showed a run this statement should have changed: a concurrent write
@@ -327,19 +340,15 @@ async def claim(
     if limit <= 0 or not workflows:
         return []
     keys = list(dict.fromkeys(workflows))
-    query = Q["claim"]
-    rows = await db.fetch(
-        query.sql,
-        *query.args(
-            {
-                "now": now,
-                "names": [key.name for key in keys],
-                "versions": [key.version for key in keys],
-                "limit": limit,
-                "worker_id": worker_id,
-                "lease_ms": lease_ms,
-            }
-        ),
+    rows = await _fetch(
+        db,
+        "claim",
+        now=now,
+        names=[key.name for key in keys],
+        versions=[key.version for key in keys],
+        limit=limit,
+        worker_id=worker_id,
+        lease_ms=lease_ms,
     )
     claimed: list[ClaimedRun] = []
     for row in rows:
@@ -359,18 +368,14 @@ async def heartbeat(
     leases: Sequence[Lease],
     lease_ms: int,
 ) -> HeartbeatReply:
-    query = Q["heartbeat"]
-    rows = await db.fetch(
-        query.sql,
-        *query.args(
-            {
-                "now": now,
-                "ids": [lease.run_id for lease in leases],
-                "revisions": [lease.revision for lease in leases],
-                "lease_ms": lease_ms,
-                "worker_id": worker_id,
-            }
-        ),
+    rows = await _fetch(
+        db,
+        "heartbeat",
+        now=now,
+        ids=[lease.run_id for lease in leases],
+        revisions=[lease.revision for lease in leases],
+        lease_ms=lease_ms,
+        worker_id=worker_id,
     )
     lost = tuple(RunId(run_id) for run_id, held, _ in rows if not held)
     cancels = tuple(RunId(run_id) for run_id, held, flagged in rows if held and flagged)
@@ -389,12 +394,13 @@ def _task_data(address: TaskAddress, attempt: int, worker_id: WorkerId) -> dict[
 
 async def start_task(db: Pool, now: int | None, lease: Lease, start: TaskStart) -> None:
     data = _task_data(start.address, start.attempt, start.worker_id)
-    query = Q["start_task"]
-    held = await db.fetchval(
-        query.sql,
-        *query.args(
-            {"now": now, "id": lease.run_id, "revision": lease.revision, "data": _json(data)}
-        ),
+    held = await _fetchval(
+        db,
+        "start_task",
+        now=now,
+        id=lease.run_id,
+        revision=lease.revision,
+        data=_json(data),
     )
     if not held:
         raise LeaseLostError(lease.run_id, lease.revision)
@@ -411,25 +417,21 @@ async def finish_task(db: Pool, now: int | None, lease: Lease, end: TaskEnd) -> 
         "final": end.outcome is TaskOutcome.FAILED,
         "retry_delay_ms": end.retry_delay_ms,
     }
-    query = Q["finish_task"]
-    rows = await db.fetch(
-        query.sql,
-        *query.args(
-            {
-                "now": now,
-                "id": lease.run_id,
-                "revision": lease.revision,
-                "task": address.task,
-                "digest": address.digest,
-                "idx": address.index,
-                "outcome": end.outcome.value,
-                "attempts": end.attempt,
-                "result": end.result_json,
-                "error": _error_text(end.error),
-                "kind": kind.value,
-                "data": _json(data),
-            }
-        ),
+    rows = await _fetch(
+        db,
+        "finish_task",
+        now=now,
+        id=lease.run_id,
+        revision=lease.revision,
+        task=address.task,
+        digest=address.digest,
+        idx=address.index,
+        outcome=end.outcome.value,
+        attempts=end.attempt,
+        result=end.result_json,
+        error=_error_text(end.error),
+        kind=kind.value,
+        data=_json(data),
     )
     if not rows:
         raise LeaseLostError(lease.run_id, lease.revision)
@@ -514,25 +516,20 @@ async def register_worker(
     lease_ms: int,
 ) -> None:
     keys = list(dict.fromkeys(workflows))
-    query = Q["register_worker"]
-    await db.execute(
-        query.sql,
-        *query.args(
-            {
-                "now": now,
-                "id": worker_id,
-                "workflows": _json([{"name": key.name, "version": key.version} for key in keys]),
-                "lease_ms": lease_ms,
-                "names": [key.name for key in keys],
-                "versions": [key.version for key in keys],
-            }
-        ),
+    await _execute(
+        db,
+        "register_worker",
+        now=now,
+        id=worker_id,
+        workflows=_json([{"name": key.name, "version": key.version} for key in keys]),
+        lease_ms=lease_ms,
+        names=[key.name for key in keys],
+        versions=[key.version for key in keys],
     )
 
 
 async def unregister_worker(db: Pool, now: int | None, worker_id: WorkerId) -> None:
-    query = Q["unregister_worker"]
-    await db.execute(query.sql, *query.args({"now": now, "id": worker_id}))
+    await _execute(db, "unregister_worker", now=now, id=worker_id)
 
 
 async def list_workers(db: Pool, now: int | None) -> list[WorkerInfo]:
@@ -623,36 +620,29 @@ async def _fire_due(
     expired: list[RunId] = []
     ended: list[RunId] = []
     woken: list[RunId] = []
-    query = Q["lock_expired_leases"]
-    for row in await conn.fetch(query.sql, *query.args({"now": now, "limit": limit})):
+    for row in await _fetch(conn, "lock_expired_leases", now=now, limit=limit):
         run_id = row[0]
         target = _expire_lease(changes, row, max_recovery_attempts=max_recovery_attempts)
         (ended if target.is_final else expired).append(RunId(run_id))
     remaining = limit - len(changes.ids)
     if remaining > 0:
-        query = Q["lock_due_waits"]
-        for run_id, wait_kind, wait_detail in await conn.fetch(
-            query.sql, *query.args({"now": now, "limit": remaining})
-        ):
+        rows = await _fetch(conn, "lock_due_waits", now=now, limit=remaining)
+        for run_id, wait_kind, wait_detail in rows:
             target = check_transition(run_id, RunState.WAITING, RunAction.WAKE)
             data = {"kind": wait_kind, "detail": wait_detail}
             changes.add(run_id, target, EventKind.WOKEN, data)
             woken.append(RunId(run_id))
-    query = Q["apply_timers"]
-    next_wait, next_lease = await conn.fetchrow(
-        query.sql,
-        *query.args(
-            {
-                "ids": changes.ids,
-                "states": changes.states,
-                "recovered": changes.recovered,
-                "errors": changes.errors,
-                "kinds": changes.kinds,
-                "data": changes.data,
-                "now": now,
-            }
-        ),
-    ) or (None, None)
+    next_wait, next_lease = await _fetchone(
+        conn,
+        "apply_timers",
+        ids=changes.ids,
+        states=changes.states,
+        recovered=changes.recovered,
+        errors=changes.errors,
+        kinds=changes.kinds,
+        data=changes.data,
+        now=now,
+    )
     dues = [due for due in (next_wait, next_lease) if due is not None]
     return TimerReport(
         woken=tuple(woken),
