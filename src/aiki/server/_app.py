@@ -2,7 +2,8 @@
 
 A thin adapter: each endpoint validates its request, calls the service layer (`EngineApi`)
 and turns the reply, or the error, into JSON. `/health` answers without the API key;
-`/openapi.json` documents every route.
+`/openapi.json` documents every API route. The dashboard is mounted at `/dashboard/` (and `/`
+leads there); with an API key it asks for the key itself, with a login form.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiki._core.api import EngineApi
 from aiki._core.wire import ErrorBody, HealthBody
 from aiki.config import ServerSettings
+from aiki.dashboard import create_dashboard
 from aiki.server._api import runs, workers
 from aiki.server._api._base import (
     LONG_POLL_CAP_S,
@@ -103,8 +105,11 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         *(_route(e, server.service, limits) for e in ENDPOINTS),
+        Mount("/dashboard", app=create_dashboard(server.service, api_key=api_key)),
     ]
-    middleware = [] if api_key is None else [Middleware(RequireApiKey, api_key=api_key)]
+    middleware = [Middleware(HomeToDashboard)]
+    if api_key is not None:
+        middleware.append(Middleware(RequireApiKey, api_key=api_key))
     return Starlette(
         routes=routes,
         middleware=middleware,
@@ -143,15 +148,37 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+class HomeToDashboard:
+    """ASGI middleware: `GET /` leads to the dashboard.
+
+    A middleware rather than a route, so that the app's routes stay exactly the API that
+    `/openapi.json` documents.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/" and scope["method"] in ("GET", "HEAD"):
+            response = RedirectResponse(f"{scope.get('root_path', '')}/dashboard/", 307)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 class RequireApiKey:
-    """ASGI middleware: refuse every request but `/health` without `Bearer <api_key>`."""
+    """ASGI middleware: refuse every request but `/health` without `Bearer <api_key>`.
+
+    The dashboard checks the key itself: it also accepts the session cookie of its login
+    form, and sends people to that form rather than a 401.
+    """
 
     def __init__(self, app: ASGIApp, *, api_key: str) -> None:
         self.app = app
         self._key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] == "/health" or self._allowed(scope):
+        if scope["type"] != "http" or _open_path(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         body: ErrorBody = {
@@ -169,3 +196,7 @@ class RequireApiKey:
                 # Compare in constant time so the key cannot be guessed byte by byte.
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
         return False
+
+
+def _open_path(path: str) -> bool:
+    return path in ("/health", "/dashboard") or path.startswith("/dashboard/")
