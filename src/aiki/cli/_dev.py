@@ -51,6 +51,7 @@ async def _dev(storage: str, host: str, port: int, exit_when_done: bool) -> None
             worker.registry.add(workflow)
         async with worker:
             click.echo(f"Aiki dev: HTTP API on {url} (OpenAPI at {url}/openapi.json)")
+            click.echo(f"dashboard: {url}/dashboard/")
             click.echo(f"storage {storage}; worker {worker.id!r} serving:")
             for key in worker.registry.keys:
                 click.echo(f"  - {key}")
