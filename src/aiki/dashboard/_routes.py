@@ -82,6 +82,7 @@ _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    auto_reload=False,  # the templates ship with the package: no need to stat them per page
 )
 
 
@@ -124,6 +125,7 @@ class _Pages:
     ) -> HTMLResponse:
         context.setdefault("nav", "")
         context.setdefault("refreshable", False)
+        context.setdefault("bare", False)  # no navigation (the login page)
         html = _ENV.get_template(template).render(
             base=_base(request), locked=self._gate.locked, **context
         )
@@ -243,7 +245,7 @@ class _Pages:
         target = safe_next(request.query_params.get("next"), _base(request))
         if not self._gate.locked or self._gate.allows(request):
             return RedirectResponse(target, status_code=303)
-        return self.render(request, "login.html", next=target, error=None)
+        return self.render(request, "login.html", bare=True, next=target, error=None)
 
     async def login(self, request: Request) -> Response:
         if not same_origin(request):
@@ -254,7 +256,12 @@ class _Pages:
             return RedirectResponse(target, status_code=303)
         if not self._gate.is_key(form.get("key", "")):
             return self.render(
-                request, "login.html", 401, next=target, error="That is not the server's API key."
+                request,
+                "login.html",
+                401,
+                bare=True,
+                next=target,
+                error="That is not the server's API key.",
             )
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
