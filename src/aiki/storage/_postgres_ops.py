@@ -411,7 +411,11 @@ async def finish_task(db: Pool, now: int | None, lease: Lease, end: TaskEnd) -> 
     kind = (
         EventKind.TASK_COMPLETED if end.outcome is TaskOutcome.COMPLETED else EventKind.TASK_FAILED
     )
-    data = _task_data(address, end.attempt, end.worker_id) | {
+    start = _task_data(address, end.attempt, end.worker_id)
+    # Stamped with the end's time, not now - duration, as SQLite does: the worker's clock is
+    # not the storage's, and the history's times must not go backwards.
+    start_data = None if end.start_reported else _json(start)
+    data = start | {
         "duration_ms": end.duration_ms,
         "error": None if end.error is None else end.error.to_json(),
         "final": end.outcome is TaskOutcome.FAILED,
@@ -432,6 +436,7 @@ async def finish_task(db: Pool, now: int | None, lease: Lease, end: TaskEnd) -> 
         error=_error_text(end.error),
         kind=kind.value,
         data=_json(data),
+        start_data=start_data,
     )
     if not rows:
         raise LeaseLostError(lease.run_id, lease.revision)

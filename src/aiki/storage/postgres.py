@@ -53,6 +53,26 @@ _DRIVER_ERRORS = (
 )
 
 
+_SESSION_SETTINGS = {
+    "application_name": "aiki",
+    # JIT compiling pays off for analytics, not for these short statements.
+    "jit": "off",
+    # Plan each prepared statement once. Their parameters are ids, names and times, whose
+    # values do not change the best plan, and planning a statement with several CTEs costs
+    # more than running it; left to choose, PostgreSQL re-plans some of them every time.
+    "plan_cache_mode": "force_generic_plan",
+}
+
+
+async def _keep_session(conn: object) -> None:
+    """Return a connection to the pool as it is.
+
+    asyncpg's default reset sends `RESET ALL; UNLISTEN *; ...`: one more round trip for every
+    statement. Nothing here changes session state (no SET, LISTEN or session advisory lock;
+    the migration lock is a transaction's), and asyncpg still rolls back a transaction left open.
+    """
+
+
 class PostgresStorage:
     """The `Storage` protocol on a PostgreSQL database.
 
@@ -140,8 +160,8 @@ class PostgresStorage:
                     max_size=self._max_size,
                     command_timeout=self._command_timeout_s,
                     timeout=self._connect_timeout_s,
-                    # JIT compiling pays off for analytics, not for these short statements.
-                    server_settings={"application_name": "aiki", "jit": "off"},
+                    server_settings=_SESSION_SETTINGS,
+                    reset=_keep_session,
                 )
             except _DRIVER_ERRORS as exc:
                 raise StorageError(f"{self!r}: cannot connect: {exc}") from exc

@@ -192,9 +192,11 @@ event AS (
 SELECT count(*) FROM held;
 
 -- name: finish_task
+-- `:start_data` is the attempt's start event when the worker did not write it (a quick task):
+-- it gets the seq before the end's.
 WITH clock AS (SELECT aiki_now_ms(:now) AS now),
 held AS (
-    UPDATE runs SET last_seq = last_seq + 1
+    UPDATE runs SET last_seq = last_seq + 1 + (:start_data::json IS NOT NULL)::int
     WHERE id = :id AND revision = :revision AND state = 'running'
     RETURNING id, last_seq, cancel_requested
 ),
@@ -209,6 +211,10 @@ recorded AS (
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq - 1, now, 'task_started', 'running', :start_data::json
+    FROM held, clock
+    WHERE :start_data::json IS NOT NULL
+    UNION ALL
     SELECT id, last_seq, now, :kind, 'running', :data FROM held, clock
 )
 SELECT cancel_requested FROM held;
