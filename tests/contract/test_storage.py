@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -1024,3 +1024,20 @@ async def test_list_workflows_counts_runs_and_live_workers(
     await clock.advance(1_000)
     summaries = {(s.name, s.version): s for s in await storage.list_workflows()}
     assert summaries[(key.name, key.version)].live_workers == ()
+
+
+async def test_a_task_end_can_carry_its_start(storage: Storage) -> None:
+    """A quick task's start is written with its end: both events, start first."""
+    key = fresh_key()
+    await enqueue(storage, key)
+    claimed = await claim_only(storage, key)
+    end = replace(task_end(result="done"), start_reported=False)
+
+    await storage.finish_task(lease_of(claimed), end)
+
+    history = await storage.get_history(claimed.run.id)
+    started, completed = history[-2:]
+    assert (started.kind, completed.kind) == (EventKind.TASK_STARTED, EventKind.TASK_COMPLETED)
+    assert started.data["task"] == "fetch" and started.data["attempt"] == 1
+    assert started.data["worker_id"] == WORKER
+    assert started.at_ms <= completed.at_ms
