@@ -101,16 +101,24 @@ LIMIT :limit;
 -- name: claim
 -- Per workflow key, the oldest pending runs no other claimer holds (an ordered scan of the
 -- partial index runs_pending, skipping locked rows), merged oldest first. `state = 'pending'` is
--- spelled out so that the partial index applies. The UPDATE checks the state again: a row
--- claimed and committed since this statement's snapshot is not taken twice.
+-- spelled out so that the partial index applies. Locking a row checks the WHERE again on its
+-- latest version, so a run claimed and committed since this statement's snapshot is skipped;
+-- the lock then holds it until the UPDATE, which finds the picked rows by primary key (a plain
+-- join let the planner scan every pending run).
 WITH clock AS (SELECT aiki_now_ms(:now) AS now),
 picked AS (
     SELECT candidate.id
     FROM unnest(:names::text[], :versions::text[]) AS k(name, version)
     CROSS JOIN LATERAL (
         SELECT id FROM runs
-        WHERE state = 'pending' AND workflow = k.name AND version = k.version
-        ORDER BY id
+        -- (workflow, version) = (k.name, k.version), spelled as a range on purpose: with an
+        -- equality the planner reduces the ORDER BY to `id`, which runs_by_state and the
+        -- primary key also provide, and may then walk every pending (or every) run betting
+        -- that this workflow's come first. Only runs_pending provides this order.
+        WHERE state = 'pending'
+          AND (workflow, version) >= (k.name, k.version)
+          AND (workflow, version) <= (k.name, k.version)
+        ORDER BY workflow, version, id
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ) AS candidate
@@ -123,8 +131,8 @@ claimed AS (
         worker_id = :worker_id, lease_expires_at = clock.now + :lease_ms,
         wait_kind = NULL, wait_until = NULL, wait_detail = NULL, updated_at = clock.now,
         last_seq = r.last_seq + 1
-    FROM picked, clock
-    WHERE r.id = picked.id AND r.state = 'pending'
+    FROM clock
+    WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
     RETURNING r.id, r.workflow, r.version, r.state, r.payload, r.result, r.error,
               r.idempotency_key, r.attempt, r.recovery_attempts, r.revision, r.wait_kind,
               r.wait_until, r.wait_detail, r.worker_id, r.lease_expires_at, r.cancel_requested,
@@ -164,7 +172,8 @@ lease AS (
 extended AS (
     UPDATE runs AS r SET lease_expires_at = clock.now + :lease_ms
     FROM lease, clock
-    WHERE r.id = lease.id AND r.revision = lease.revision AND r.state = 'running'
+    WHERE r.id = ANY(:ids::text[])  -- a primary-key lookup, however many runs are running
+      AND r.id = lease.id AND r.revision = lease.revision AND r.state = 'running'
     RETURNING r.id, r.cancel_requested
 ),
 worker AS (
@@ -413,7 +422,7 @@ changed AS (
         worker_id = NULL, lease_expires_at = NULL, updated_at = :now,
         last_seq = r.last_seq + 1
     FROM change
-    WHERE r.id = change.id
+    WHERE r.id = ANY(:ids::text[]) AND r.id = change.id
     RETURNING r.id, r.last_seq
 ),
 event AS (
