@@ -39,11 +39,13 @@ KEY = WorkflowKey(name="bench", version="1")
 WORKER = WorkerId("bench-worker")
 
 
-async def _execute(storage: PostgresStorage, claimed: ClaimedRun) -> None:
+async def _execute(storage: PostgresStorage, claimed: ClaimedRun, quick: bool) -> None:
     lease = Lease(run_id=claimed.run.id, revision=claimed.revision)
     for index in range(2):
         address = TaskAddress(task=f"task-{index}", digest="0" * 64)
-        await storage.start_task(lease, TaskStart(address=address, attempt=1, worker_id=WORKER))
+        if not quick:
+            start = TaskStart(address=address, attempt=1, worker_id=WORKER)
+            await storage.start_task(lease, start)
         await storage.finish_task(
             lease,
             TaskEnd(
@@ -53,13 +55,19 @@ async def _execute(storage: PostgresStorage, claimed: ClaimedRun) -> None:
                 outcome=TaskOutcome.COMPLETED,
                 duration_ms=1,
                 result_json='{"ok":true}',
+                start_reported=not quick,  # quick: the end carries the start, one write
             ),
         )
     await storage.finish(lease, RunOutcome(state=RunState.COMPLETED, result_json='{"done":1}'))
 
 
 async def workflows(
-    storage: PostgresStorage, count: int, producers: int, batch: int, concurrency: int
+    storage: PostgresStorage,
+    count: int,
+    producers: int,
+    batch: int,
+    concurrency: int,
+    quick: bool,
 ) -> float:
     done = asyncio.Event()
     finished = 0
@@ -75,7 +83,7 @@ async def workflows(
     async def run_one(claimed: ClaimedRun) -> None:
         nonlocal finished
         try:
-            await _execute(storage, claimed)
+            await _execute(storage, claimed, quick)
         finally:
             slots.release()
         finished += 1
@@ -121,6 +129,59 @@ async def latency(storage: PostgresStorage, count: int) -> list[float]:
     return samples
 
 
+async def preload(dsn: str, finished: int, pending: int) -> None:
+    """Fill the tables as a busy installation's: `finished` completed runs (each with three
+    history events) and `pending` runs of another workflow, none of which the benchmark takes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO runs (id, workflow, version, state, payload, result, attempt, revision,
+                              last_seq, created_at, updated_at)
+            SELECT lpad(to_hex(g), 26, '0'), 'old', '1', 'completed', '{}', '1', 1, 2, 3, 0, 0
+            FROM generate_series(1, $1::int) AS g;
+            """,
+            finished,
+        )
+        await conn.execute(
+            """
+            INSERT INTO history (run_id, seq, at, kind, state)
+            SELECT lpad(to_hex(g), 26, '0'), seq, 0, kind, state
+            FROM generate_series(1, $1::int) AS g,
+                 (VALUES (1, 'run_enqueued', 'pending'), (2, 'run_claimed', 'running'),
+                         (3, 'run_completed', 'completed')) AS e(seq, kind, state);
+            """,
+            finished,
+        )
+        await conn.execute(
+            """
+            INSERT INTO runs (id, workflow, version, state, payload, last_seq, created_at,
+                              updated_at)
+            SELECT 'p' || lpad(to_hex(g), 25, '0'), 'backlog', '1', 'pending', '{}', 1, 0, 0
+            FROM generate_series(1, $1::int) AS g;
+            """,
+            pending,
+        )
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def idle_costs(storage: PostgresStorage) -> None:
+    """One claim that finds nothing and one fire_timers pass with nothing due, timed."""
+    for name, call in (
+        ("claim (nothing to take)", lambda: storage.claim(WORKER, [KEY], 16, 60_000)),
+        ("fire_timers (nothing due)", lambda: storage.fire_timers(max_recovery_attempts=3)),
+        ("list_runs(state=pending)", lambda: storage.list_runs(state=RunState.PENDING)),
+    ):
+        samples = []
+        for _ in range(200):
+            start = time.perf_counter()
+            await call()
+            samples.append(time.perf_counter() - start)
+        print(f"{name}: median {statistics.median(samples) * 1e6:.0f} us")
+
+
 def _with_database(dsn: str, database: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
 
@@ -138,27 +199,44 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--pool", type=int, default=16, help="the pool's max_size")
+    parser.add_argument(
+        "--quick", action="store_true", help="tasks end before their start is written"
+    )
+    parser.add_argument("--finished", type=int, default=0, help="completed runs preloaded")
+    parser.add_argument("--pending", type=int, default=0, help="other pending runs preloaded")
     args = parser.parse_args()
     name = f"aiki_bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(args.dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         dsn = _with_database(args.dsn, name)
+        if args.finished or args.pending:
+            async with PostgresStorage(dsn):  # applies the migrations
+                pass
+            start = time.perf_counter()
+            await preload(dsn, args.finished, args.pending)
+            print(
+                f"preloaded {args.finished:,} completed and {args.pending:,} pending runs "
+                f"in {time.perf_counter() - start:.1f} s"
+            )
         async with PostgresStorage(dsn, min_size=args.pool, max_size=args.pool) as storage:
             samples = await latency(storage, 1_000)
             print(
                 f"single enqueue latency: median {statistics.median(samples) * 1e6:.0f} us, "
                 f"p99 {sorted(samples)[int(len(samples) * 0.99)] * 1e6:.0f} us"
             )
+            await idle_costs(storage)
             cpu = time.process_time()
             elapsed = await workflows(
-                storage, args.workflows, args.producers, args.batch, args.concurrency
+                storage, args.workflows, args.producers, args.batch, args.concurrency, args.quick
             )
             cpu = time.process_time() - cpu
-            ops = args.workflows * 6  # enqueue, 2 x (start, finish task), finish; claims extra
+            # enqueue, 2 x (start, finish task), finish; claims extra. Quick: no starts.
+            ops = args.workflows * (4 if args.quick else 6)
             print(
                 f"{args.workflows} workflows in {elapsed:.2f} s "
-                f"(concurrency {args.concurrency}, pool {args.pool}): "
+                f"(concurrency {args.concurrency}, pool {args.pool}"
+                f"{', quick tasks' if args.quick else ''}): "
                 f"{args.workflows / elapsed:,.0f} workflows/s, {ops / elapsed:,.0f} ops/s, "
                 f"{cpu / args.workflows * 1e3:.2f} ms of this process's CPU per workflow"
             )
