@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 import aiki
+from _httpx_transport import HttpxTransport
 from _services import PostgresDatabase, postgres_database
 from aiki.testing import FakeClock
 
@@ -45,7 +46,7 @@ async def client(request: pytest.FixtureRequest, srv: aiki.Server) -> AsyncItera
         c = await aiki.create_client(server=srv)
     else:
         transport = httpx.ASGITransport(app=srv.app)
-        c = await aiki.create_client(url="http://aiki.test", _transport=transport)
+        c = await aiki.create_client(url="http://aiki.test", _transport=HttpxTransport(transport))
     async with c:
         yield c
 

@@ -16,6 +16,7 @@ import pytest
 from starlette.routing import Route
 
 import aiki
+from _httpx_transport import HttpxTransport
 from aiki._core.api import EngineApi
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
@@ -49,7 +50,9 @@ async def raw(srv: aiki.Server) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def http(srv: aiki.Server) -> AsyncIterator[HttpApi]:
-    api = HttpApi(BASE, transport=httpx.ASGITransport(app=srv.app), retry_timeout=1.0)
+    api = HttpApi(
+        BASE, transport=HttpxTransport(httpx.ASGITransport(app=srv.app)), retry_timeout=1.0
+    )
     yield api
     await api.aclose()
 
@@ -130,14 +133,16 @@ async def test_error_codes_round_trip_to_their_classes(
     seen.add("invalid_request")
 
     keyed = create_app(srv, api_key="s3cret")
-    async with HttpApi(BASE, transport=httpx.ASGITransport(app=keyed)) as no_key:
+    async with HttpApi(BASE, transport=HttpxTransport(httpx.ASGITransport(app=keyed))) as no_key:
         exc = await raised(lambda api: api.list_workers(), no_key)
     assert isinstance(exc, aiki.UnauthorizedError)
     seen.add("unauthorized")
 
     async with aiki.server(f"sqlite:///{tmp_path}/broken.db", clock=clock) as broken:
         await broken.storage.close()  # the database goes away under a running server
-        async with HttpApi(BASE, transport=httpx.ASGITransport(app=broken.app)) as api:
+        async with HttpApi(
+            BASE, transport=HttpxTransport(httpx.ASGITransport(app=broken.app))
+        ) as api:
             exc = await raised(lambda a: a.get_status(pending.id), api)
         assert type(exc) is aiki.StorageError
         assert type(await raised(lambda a: a.get_status(pending.id), broken.service)) is type(exc)
@@ -425,12 +430,14 @@ async def test_api_key_is_required_and_accepted(srv: aiki.Server) -> None:
             assert ok.status_code == 200
 
     client = await aiki.create_client(
-        url=BASE, api_key="s3cret", _transport=httpx.ASGITransport(app=app)
+        url=BASE, api_key="s3cret", _transport=HttpxTransport(httpx.ASGITransport(app=app))
     )
     async with client:
         run = await client.enqueue(new_run({"n": 1}))
         assert (await run.get_status()).state is aiki.RunState.PENDING
-    anonymous = await aiki.create_client(url=BASE, _transport=httpx.ASGITransport(app=app))
+    anonymous = await aiki.create_client(
+        url=BASE, _transport=HttpxTransport(httpx.ASGITransport(app=app))
+    )
     async with anonymous:
         with pytest.raises(aiki.UnauthorizedError):
             await anonymous.list_runs()
@@ -508,7 +515,7 @@ class Counting(httpx.AsyncBaseTransport):
 
 async def test_wait_returns_as_soon_as_the_run_ends(srv: aiki.Server) -> None:
     counting = Counting(httpx.ASGITransport(app=srv.app))
-    async with await aiki.create_client(url=BASE, _transport=counting) as client:
+    async with await aiki.create_client(url=BASE, _transport=HttpxTransport(counting)) as client:
         handle = await client.enqueue(new_run(1))
         waiting = asyncio.create_task(handle.wait_for_completion(timeout=20))
         await asyncio.sleep(0.1)  # the wait is parked on the server
@@ -526,7 +533,7 @@ async def test_wait_returns_as_soon_as_the_run_ends(srv: aiki.Server) -> None:
 async def test_wait_honours_its_timeout_across_capped_long_polls(srv: aiki.Server) -> None:
     """The server holds each request 0.1 s at most here; the client asks again until 0.5 s."""
     counting = Counting(httpx.ASGITransport(app=create_app(srv, long_poll_cap_s=0.1)))
-    async with await aiki.create_client(url=BASE, _transport=counting) as client:
+    async with await aiki.create_client(url=BASE, _transport=HttpxTransport(counting)) as client:
         handle = await client.enqueue(new_run(1))
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -574,7 +581,7 @@ class Flaky(httpx.AsyncBaseTransport):
 
 
 def flaky_api(srv: aiki.Server, transport: httpx.AsyncBaseTransport, retry: float) -> HttpApi:
-    return HttpApi(BASE, transport=transport, retry_timeout=retry)
+    return HttpApi(BASE, transport=HttpxTransport(transport), retry_timeout=retry)
 
 
 async def test_connect_errors_are_retried(srv: aiki.Server) -> None:

@@ -252,12 +252,6 @@ async def test_paused_worker_loses_its_lease_and_cannot_write(
     assert await claimed_by(later) == ["paused"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the refused start write of an abandoned task attempt (_PendingStart.abandon, "
-    "src/aiki/worker/_execution.py) is never awaited, so asyncio logs 'Task exception was never "
-    "retrieved' with a LeaseLostError traceback",
-)
 async def test_paused_worker_lets_its_lost_run_go_without_error_output(
     procs: Processes, effects: SideEffects, connect: Any, tmp_path: Path
 ) -> None:

@@ -29,6 +29,9 @@ class HttpServer:
             lifespan="off",
             log_level="warning",
             timeout_graceful_shutdown=5,
+            # Longer than the client's idle keep-alive, so the client closes idle connections
+            # first and never sends on one the server is closing.
+            timeout_keep_alive=75,
         )
         self._server = _Http(config)
         self._task: asyncio.Task[None] | None = None

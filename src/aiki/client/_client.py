@@ -6,8 +6,6 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol
 
-import httpx
-
 from aiki._core.api import EngineApi
 from aiki._core.ids import RunId
 from aiki._core.models import NewRun, RunStatus
@@ -15,6 +13,7 @@ from aiki._core.serde import Decoder
 from aiki._core.states import RunState
 from aiki.client._handles import RunHandle
 from aiki.client._http import DEFAULT_RETRY_TIMEOUT_S, HttpApi
+from aiki.client._transport import HttpTransport
 from aiki.errors import ConfigError
 
 
@@ -84,7 +83,7 @@ async def create_client(
     server: ServesApi | None = None,
     api_key: str | None = None,
     retry_timeout: float = DEFAULT_RETRY_TIMEOUT_S,
-    _transport: httpx.AsyncBaseTransport | None = None,
+    _transport: HttpTransport | None = None,
 ) -> Client:
     """Connect to an Aiki server.
 
@@ -94,7 +93,7 @@ async def create_client(
         api_key: The server's API key, sent as a bearer token (HTTP only).
         retry_timeout: Seconds to keep retrying while the server cannot be reached, before
             `ServerUnavailableError` (HTTP only).
-        _transport: An httpx transport to use instead of the network (tests).
+        _transport: A transport to use instead of the network (tests).
 
     Raises:
         ConfigError: neither or both of `url` and `server` given, a URL that is not http(s),

@@ -1,8 +1,9 @@
 """`HttpApi`: `EngineApi` over HTTP, for clients and workers in other processes.
 
-One pooled `httpx.AsyncClient` per `HttpApi`. Error replies come back as the exception classes
-the in-process service raises. A request that never reached the server (connection refused,
-connect timeout) is retried with exponential backoff whatever the call; one that may have
+One pooled HTTP transport (aiohttp by default, see `_transport`) per `HttpApi`. Error replies
+come back as the exception classes the in-process service raises. A request that never reached
+the server (connection refused, connect timeout) is retried with exponential backoff whatever
+the call; one that may have
 reached it (read error, read timeout, connection dropped) is retried only when repeating it
 cannot do harm: reads, cancel, heartbeats, (un)registration and keyed enqueues. After
 `retry_timeout` seconds without success, `ServerUnavailableError`.
@@ -20,9 +21,8 @@ import random
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import httpx
 import pydantic
 
 from aiki._core.ids import RunId, WorkerId
@@ -82,6 +82,13 @@ from aiki._core.wire import (
     load_workers,
     load_workflows,
 )
+from aiki.client._transport import (
+    AiohttpTransport,
+    HttpTransport,
+    Reply,
+    RequestFailedError,
+    RequestNotSentError,
+)
 from aiki.errors import ClientError, ConfigError, RunNotFoundError, ServerUnavailableError
 
 _log = logging.getLogger("aiki.client")
@@ -109,8 +116,6 @@ _HEARTBEAT_REPLY = Schema(HeartbeatReplyBody)
 _FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
 _ERROR = Schema(ErrorBody)
 
-# Never reached the server: safe to send again, whatever the request does.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Replies of a proxy or load balancer with no server behind it (ours carry an error code).
 _GATEWAY = frozenset({502, 503, 504})
 
@@ -130,10 +135,11 @@ def normalize_url(url: str) -> str:
     if scheme not in ("http", "https"):
         raise ConfigError(f"server URL {url!r}: the scheme must be http or https")
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
         raise ConfigError(f"server URL {url!r} is not valid: {exc}") from None
-    if not parsed.host:
+    if not parsed.hostname:
         raise ConfigError(f"server URL {url!r} names no host")
     return url.rstrip("/")
 
@@ -152,7 +158,7 @@ class HttpApi:
         api_key: str | None = None,
         retry_timeout: float = DEFAULT_RETRY_TIMEOUT_S,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: HttpTransport | None = None,
     ) -> None:
         if retry_timeout < 0:
             raise ConfigError(f"retry_timeout must be >= 0, got {retry_timeout}")
@@ -161,18 +167,11 @@ class HttpApi:
         self.url = normalize_url(url)
         self.retry_timeout = retry_timeout
         self._request_timeout = request_timeout
-        headers = {"accept": "application/json"}
+        self._headers = {"accept": "application/json"}
         if api_key is not None:
-            headers["authorization"] = f"Bearer {api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers=headers,
-            transport=transport,
-            # Long-polls hold a connection each: many waits at once need many connections.
-            # A request waits for a free one rather than failing.
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-            timeout=httpx.Timeout(request_timeout, connect=5.0, pool=None),
-        )
+            self._headers["authorization"] = f"Bearer {api_key}"
+        self._body_headers = {**self._headers, "content-type": "application/json"}
+        self._http: HttpTransport = transport or AiohttpTransport()
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -200,39 +199,40 @@ class HttpApi:
         params: Mapping[str, str | int | float] | None = None,
         idempotent: bool,
         read_timeout: float | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         """Send one request, retrying what is safe to retry, until `retry_timeout`."""
         content = None if body is None else _encode(body)
-        headers = None if body is None else {"content-type": "application/json"}
-        timeout = (
-            httpx.USE_CLIENT_DEFAULT
-            if read_timeout is None
-            else httpx.Timeout(read_timeout, connect=5.0, pool=None)
-        )
+        headers = self._headers if body is None else self._body_headers
+        timeout = self._request_timeout if read_timeout is None else read_timeout
+        url = f"{self.url}{path}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_timeout
         backoff = _FIRST_BACKOFF_S
         while True:
             try:
                 response = await self._http.request(
-                    method, path, content=content, params=params, headers=headers, timeout=timeout
+                    method,
+                    url,
+                    content=content,
+                    params=params,
+                    headers=headers,
+                    read_timeout=timeout,
                 )
-            except httpx.TransportError as exc:
-                if not isinstance(exc, _NOT_SENT) and not idempotent:
+            except (RequestNotSentError, RequestFailedError) as exc:
+                if isinstance(exc, RequestFailedError) and not idempotent:
                     raise ServerUnavailableError(
-                        f"{method} {self.url}{path}: {_describe(exc)}; the request may or may "
-                        "not have been applied"
+                        f"{method} {url}: {exc}; the request may or may not have been applied"
                     ) from exc
-                failure: str = _describe(exc)
+                failure: str = str(exc)
                 cause: BaseException | None = exc
             else:
-                if not (response.status_code in _GATEWAY and not _is_ours(response)):
+                if not (response.status in _GATEWAY and not _is_ours(response)):
                     return response
                 if not idempotent:
                     raise ServerUnavailableError(
-                        f"{method} {self.url}{path}: HTTP {response.status_code} from a gateway"
+                        f"{method} {url}: HTTP {response.status} from a gateway"
                     )
-                failure, cause = f"HTTP {response.status_code} from a gateway", None
+                failure, cause = f"HTTP {response.status} from a gateway", None
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ServerUnavailableError(
@@ -473,23 +473,17 @@ def _encode(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _describe(exc: httpx.TransportError) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _is_ours(response: Reply) -> bool:
+    return response.content_type.startswith("application/json")
 
 
-def _is_ours(response: httpx.Response) -> bool:
-    content_type: str = response.headers.get("content-type", "")
-    return content_type.startswith("application/json")
-
-
-def _error(response: httpx.Response, run_id: str | None) -> Exception:
+def _error(response: Reply, run_id: str | None) -> Exception:
     """The exception an error reply stands for."""
     try:
         body = _ERROR.from_json(response.content)
     except pydantic.ValidationError:
         text = response.text[:200]
-        return ClientError(f"HTTP {response.status_code} from {response.url}: {text}")
+        return ClientError(f"HTTP {response.status} from {response.url}: {text}")
     if body["code"] == "not_found" and run_id is not None:
         # No route matched: a run id no run can have (e.g. one holding "/").
         return RunNotFoundError(run_id)

@@ -420,9 +420,18 @@ class _PendingStart:
         """The attempt was interrupted: no end will follow."""
         self._timer.cancel()
         write = self._write
-        if write is not None:  # still lands; keep it referenced until it does
-            self._execution._pending_writes.add(write)
-            write.add_done_callback(self._execution._pending_writes.discard)
+        if write is not None:  # may still land; keep it referenced until it has
+            pending = self._execution._pending_writes
+            pending.add(write)
+            write.add_done_callback(pending.discard)
+            write.add_done_callback(_ignore_outcome)
+
+
+def _ignore_outcome(write: asyncio.Future[Any]) -> None:
+    # Nobody waits for an abandoned attempt's start: its failure (the lease lost, most
+    # likely) was already dealt with by `_guard`. Reading it keeps asyncio from logging it.
+    if not write.cancelled():
+        write.exception()
 
 
 class _Timing:

@@ -248,9 +248,12 @@ class Worker:
                 for e in self._active.values()
             ]
             try:
-                reply = await self._api.heartbeat(
-                    self.id, leases, self.run_config.effective_lease_ms
-                )
+                # One heartbeat never outlasts its interval: the next one carries the leases
+                # held by then, where a retried old one would miss runs claimed meanwhile.
+                async with asyncio.timeout(interval / 1000):
+                    reply = await self._api.heartbeat(
+                        self.id, leases, self.run_config.effective_lease_ms
+                    )
             except Exception as exc:
                 _log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
                 continue
