@@ -238,6 +238,7 @@ class TimerReport:
     expired: tuple[RunId, ...] = ()  # lease lost; back to pending
     ended: tuple[RunId, ...] = ()  # lease lost for the last allowed time, or cancelled: final
     next_due_ms: int | None = None
+    now_ms: int | None = None  # the storage clock when the pass looked: next_due_ms is on it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

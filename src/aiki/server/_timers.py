@@ -32,6 +32,7 @@ class TimerLoop:
         """Run until cancelled."""
         while True:
             ticket = self._service.timers_ticket()
+            before = self._clock.now_ms()
             try:
                 report = await self._service.fire_timers()
             except Exception:
@@ -40,11 +41,15 @@ class TimerLoop:
                 continue
             if report.woken or report.expired or report.ended:
                 continue  # there may be more due than one pass takes
-            now = self._clock.now_ms()
-            wake_at = now + _IDLE_MS
-            if report.next_due_ms is not None:
-                wake_at = min(wake_at, report.next_due_ms)
-            if wake_at <= now:
+            # Due times are on the storage clock (the database's, for PostgreSQL); this loop
+            # sleeps on its own. Measuring the wait on the storage clock and starting it from
+            # this clock's reading before the pass keeps any offset between the two out, and
+            # can only wake the loop early, never late.
+            wait_ms = _IDLE_MS
+            if report.next_due_ms is not None and report.now_ms is not None:
+                wait_ms = min(wait_ms, report.next_due_ms - report.now_ms)
+            wake_at = before + wait_ms
+            if wake_at <= self._clock.now_ms():
                 continue
             # An absolute deadline: the clock may move on before the sleeper task first runs.
             sleeper = asyncio.ensure_future(self._clock.sleep_until_ms(wake_at))

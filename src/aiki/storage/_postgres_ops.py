@@ -582,7 +582,7 @@ async def fire_timers(
     clock, next_wait, next_lease = await _fetchone(db, "timers_due", now=now)
     dues = [due for due in (next_wait, next_lease) if due is not None]
     if limit <= 0 or not any(due <= clock for due in dues):
-        return TimerReport(next_due_ms=min(dues) if dues else None)
+        return TimerReport(next_due_ms=min(dues) if dues else None, now_ms=clock)
     async with db.acquire() as conn, conn.transaction():
         return await _fire_due(
             conn, clock, max_recovery_attempts=max_recovery_attempts, limit=limit
@@ -654,6 +654,7 @@ async def _fire_due(
         expired=tuple(expired),
         ended=tuple(ended),
         next_due_ms=min(dues) if dues else None,
+        now_ms=now,
     )
 
 

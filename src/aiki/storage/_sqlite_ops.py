@@ -630,6 +630,7 @@ def fire_timers(
         expired=tuple(expired),
         ended=tuple(ended),
         next_due_ms=min(dues) if dues else None,
+        now_ms=now,
     )
 
 
