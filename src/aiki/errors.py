@@ -6,6 +6,7 @@ AikiError
   ClientError
     ServerUnavailableError
     RunNotFoundError
+    WorkflowNotFoundError
     IdempotencyConflictError
     InvalidRequestError        (also ValueError)   a request the server could not accept
     UnauthorizedError          missing or wrong API key
@@ -29,6 +30,7 @@ AikiError
 from __future__ import annotations
 
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "TaskError",
     "TaskFailedError",
     "UnauthorizedError",
+    "WorkflowNotFoundError",
     "WorkflowRunCancelledError",
     "WorkflowRunError",
     "WorkflowRunFailedError",
@@ -123,6 +126,23 @@ class RunNotFoundError(ClientError, LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no workflow run with id {run_id!r}")
         self.run_id = run_id
+
+
+class WorkflowNotFoundError(ClientError, LookupError):
+    """A request named a workflow version the server has never heard of.
+
+    Raised for enqueues by name only (`aiki runs enqueue`, `NewRun.require_known`): an
+    application enqueueing through its `aiki.workflow` defines the version by doing so.
+    """
+
+    def __init__(self, *, workflow: str, version: str, known: Sequence[str] = ()) -> None:
+        text = f"no workflow {workflow!r} version {version!r} is known"
+        if known:
+            text += f" (known versions: {', '.join(known)})"
+        super().__init__(text)
+        self.workflow = workflow
+        self.version = version
+        self.known = tuple(known)
 
 
 class IdempotencyConflictError(ClientError):

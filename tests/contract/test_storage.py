@@ -1041,3 +1041,12 @@ async def test_a_task_end_can_carry_its_start(storage: Storage) -> None:
     assert started.data["task"] == "fetch" and started.data["attempt"] == 1
     assert started.data["worker_id"] == WORKER
     assert started.at_ms <= completed.at_ms
+
+
+async def test_workflow_versions_are_those_registered_or_enqueued(storage: Storage) -> None:
+    key = fresh_key()
+    assert await storage.workflow_versions(key.name) == []
+    await storage.enqueue(NewRun(workflow=key.name, version="2.0.0", payload_json="1"))
+    await storage.register_worker(WORKER, [WorkflowKey(name=key.name, version="1.0.0")], 1_000)
+
+    assert await storage.workflow_versions(key.name) == ["1.0.0", "2.0.0"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -67,3 +68,30 @@ async def test_without_key_every_enqueue_is_a_new_run(client: aiki.Client) -> No
     a: aiki.RunHandle[Any] = await morning_routine.enqueue(client, payload={})
     b: aiki.RunHandle[Any] = await morning_routine.enqueue(client, payload={})
     assert a.id != b.id
+
+
+async def test_enqueue_by_name_refuses_an_unknown_workflow(
+    client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    from aiki._core.models import NewRun
+
+    by_name = NewRun(
+        workflow="morning-routine", version="9.9.9", payload_json="{}", require_known=True
+    )
+    with pytest.raises(aiki.WorkflowNotFoundError) as unknown:
+        await client.enqueue(by_name)
+    assert unknown.value.known == ()
+    assert "no workflow 'morning-routine' version '9.9.9' is known" in str(unknown.value)
+    assert await client.list_runs() == []
+
+    await make_worker(morning_routine)  # registering defines 1.0.0
+    with pytest.raises(aiki.WorkflowNotFoundError) as still_unknown:
+        await client.enqueue(by_name)
+    assert still_unknown.value.known == ("1.0.0",)
+
+    known = replace(by_name, version="1.0.0")
+    handle = await client.enqueue(known)
+    assert await handle.wait_for_completion(timeout=10) == {
+        "alarm_result": "Wake up!",
+        "stretch_result": 300,
+    }

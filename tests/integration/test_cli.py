@@ -117,14 +117,15 @@ def test_runs_show_prints_the_timeline(procs: Processes, server: Server) -> None
 
 def test_runs_cancel(procs: Processes, server: Server) -> None:
     url = ["--server", server.url]
-    # No worker serves 9.9.9: that run stays pending, and says why; the other one completes.
-    parked, done = (
-        json.loads(ok(result))
-        for result in procs.run_cli_many(
-            ["runs", "enqueue", "morning-routine", "9.9.9", "--json", *url],
-            ["runs", "enqueue", "morning-routine", "1.0.0", "--wait", "--json", *url],
-        )
+    # No worker serves 9.9.9: refused unless asked for; then that run stays pending, and says
+    # why; the other one completes.
+    unknown = aiki(procs, server, "runs", "enqueue", "morning-routine", "9.9.9")
+    assert "no workflow 'morning-routine' version '9.9.9' is known" in failed(unknown)
+    parked_out, done_out = procs.run_cli_many(
+        ["runs", "enqueue", "morning-routine", "9.9.9", "--allow-unknown", "--json", *url],
+        ["runs", "enqueue", "morning-routine", "1.0.0", "--wait", "--json", *url],
     )
+    parked, done = json.loads(ok(parked_out)), json.loads(ok(done_out))
     assert parked["state"] == "pending" and "no live worker" in parked["note"]
 
     cancelled, too_late = procs.run_cli_many(

@@ -134,6 +134,10 @@ class NewRun:
     version: str
     payload_json: str
     idempotency_key: str | None = None
+    # Refuse a name and version nobody has defined yet (a worker registering it, or an
+    # enqueue from its `aiki.workflow`): for enqueues by name, where a typo would otherwise
+    # wait forever.
+    require_known: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -58,6 +58,7 @@ from aiki.errors import (
     RunNotFoundError,
     StorageError,
     UnauthorizedError,
+    WorkflowNotFoundError,
 )
 
 # Integers that end up in storage columns (64-bit) and strings that name things.
@@ -190,6 +191,7 @@ class NewRunBody(TypedDict):
     version: Name
     payload_json: str
     idempotency_key: NotRequired[Name | None]
+    require_known: NotRequired[bool]
 
 
 class WaitQuery(TypedDict):
@@ -387,6 +389,7 @@ class ErrorBody(TypedDict):
     size: NotRequired[int]
     limit: NotRequired[int]
     field: NotRequired[str | None]
+    known: NotRequired[list[str]]
 
 
 # --- converters: records -------------------------------------------------------------------
@@ -595,6 +598,7 @@ def dump_new_run(new: NewRun) -> NewRunBody:
         "version": new.version,
         "payload_json": new.payload_json,
         "idempotency_key": new.idempotency_key,
+        "require_known": new.require_known,
     }
 
 
@@ -604,6 +608,7 @@ def load_new_run(body: NewRunBody) -> NewRun:
         version=body["version"],
         payload_json=body["payload_json"],
         idempotency_key=body.get("idempotency_key"),
+        require_known=body.get("require_known", False),
     )
 
 
@@ -778,6 +783,17 @@ def _dump_run_not_found(exc: RunNotFoundError) -> ErrorBody:
     return {"code": "run_not_found", "message": str(exc), "run_id": exc.run_id}
 
 
+def _dump_workflow_not_found(exc: WorkflowNotFoundError) -> ErrorBody:
+    return {
+        "code": "workflow_not_found",
+        "message": str(exc),
+        "workflow": exc.workflow,
+        "version": exc.version,
+        "known": list(exc.known),
+        "field": "workflow",
+    }
+
+
 def _dump_conflict(exc: IdempotencyConflictError) -> ErrorBody:
     return {
         "code": "idempotency_conflict",
@@ -831,6 +847,14 @@ _ERRORS: Final[dict[type[BaseException], tuple[str, int, _Dump, _Load]]] = {
         404,
         _dump_run_not_found,
         lambda b: RunNotFoundError(b["run_id"]),
+    ),
+    WorkflowNotFoundError: (
+        "workflow_not_found",
+        404,
+        _dump_workflow_not_found,
+        lambda b: WorkflowNotFoundError(
+            workflow=b["workflow"], version=b["version"], known=b.get("known", [])
+        ),
     ),
     IdempotencyConflictError: (
         "idempotency_conflict",

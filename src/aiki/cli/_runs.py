@@ -121,6 +121,11 @@ def cancel_run(
 @click.argument("version")
 @click.option("--payload", default="null", show_default=True, help="The payload, as JSON.")
 @click.option("--idempotency-key", default=None, help="Same key and payload: same run.")
+@click.option(
+    "--allow-unknown",
+    is_flag=True,
+    help="Enqueue even if no worker has registered this workflow version yet.",
+)
 @click.option("--wait", is_flag=True, help="Wait for the run to end and print its result.")
 @click.option("--timeout", default=None, type=float, help="With --wait: seconds to wait at most.")
 @server_url_option
@@ -131,6 +136,7 @@ def enqueue_run(
     version: str,
     payload: str,
     idempotency_key: str | None,
+    allow_unknown: bool,
     wait: bool,
     timeout: float | None,
     server_url: str,
@@ -147,6 +153,7 @@ def enqueue_run(
         version=version,
         payload_json=encode(value, what=f"workflow {workflow!r} payload", limit=None),
         idempotency_key=idempotency_key,
+        require_known=not allow_unknown,  # a typo must not leave a run waiting forever
     )
 
     async def action(client: aiki.Client) -> aiki.RunStatus:

@@ -36,7 +36,7 @@ from aiki._core.models import (
 from aiki._core.serde import check_size
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
-from aiki.errors import RunNotFoundError
+from aiki.errors import RunNotFoundError, WorkflowNotFoundError
 from aiki.server._signals import KeyedSignal, Signal, wait_any
 from aiki.storage import Storage
 
@@ -70,6 +70,10 @@ class Service:
             what=f"workflow {new.workflow!r} payload",
             limit=self._settings.max_payload_bytes,
         )
+        if new.require_known:
+            known = await self._storage.workflow_versions(new.workflow)
+            if new.version not in known:
+                raise WorkflowNotFoundError(workflow=new.workflow, version=new.version, known=known)
         enqueued = await self._storage.enqueue(new)
         if enqueued.created:
             self._ready.notify()

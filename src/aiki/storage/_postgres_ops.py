@@ -537,6 +537,10 @@ async def unregister_worker(db: Pool, now: int | None, worker_id: WorkerId) -> N
     await _execute(db, "unregister_worker", now=now, id=worker_id)
 
 
+async def workflow_versions(db: Pool, name: str) -> list[str]:
+    return [row[0] for row in await db.fetch(Q["workflow_versions"].sql, name)]
+
+
 async def list_workers(db: Pool, now: int | None) -> list[WorkerInfo]:
     return [
         WorkerInfo(

@@ -158,3 +158,7 @@ class Storage(Protocol):
     async def list_workflows(self) -> list[WorkflowSummary]:
         """Every known workflow version with its live workers and run counts by state."""
         ...
+
+    async def workflow_versions(self, name: str) -> list[str]:
+        """The known versions of one workflow (registered by a worker or enqueued), sorted."""
+        ...

@@ -537,6 +537,10 @@ def register_worker(
         conn.execute(Q["insert_workflow"], {"name": key.name, "version": key.version, "now": now})
 
 
+def workflow_versions(conn: sqlite3.Connection, name: str) -> list[str]:
+    return [row[0] for row in conn.execute(Q["workflow_versions"], {"name": name})]
+
+
 def unregister_worker(conn: sqlite3.Connection, clock: Clock, worker_id: WorkerId) -> None:
     conn.execute(Q["unregister_worker"], {"id": worker_id, "now": clock.now_ms()})
 

@@ -316,6 +316,10 @@ class PostgresStorage:
         now = self._now()
         return await self._call(lambda db: ops.list_workers(db, now))
 
+    async def workflow_versions(self, name: str) -> list[str]:
+        """See `Storage.workflow_versions`."""
+        return await self._call(lambda db: ops.workflow_versions(db, name))
+
     async def list_workflows(self) -> list[WorkflowSummary]:
         """See `Storage.list_workflows`."""
         now = self._now()

@@ -255,6 +255,12 @@ class SqliteStorage:
             lambda conn: ops.list_workers(conn, clock), write=False
         )
 
+    async def workflow_versions(self, name: str) -> list[str]:
+        """See `Storage.workflow_versions`."""
+        return await self._open_writer().run(
+            lambda conn: ops.workflow_versions(conn, name), write=False
+        )
+
     async def list_workflows(self) -> list[WorkflowSummary]:
         """See `Storage.list_workflows`."""
         clock = self._clock

@@ -47,6 +47,7 @@ from aiki.errors import (
     RunNotFoundError,
     StorageError,
     UnauthorizedError,
+    WorkflowNotFoundError,
 )
 
 KEY = WorkflowKey(name="w", version="1.0.0")
@@ -280,6 +281,7 @@ def test_query_validation_reads_strings() -> None:
 
 ERRORS: list[AikiError] = [
     RunNotFoundError("r1"),
+    WorkflowNotFoundError(workflow="w", version="9", known=["1", "2"]),
     IdempotencyConflictError(workflow="w", version="1", idempotency_key="k", run_id="r1"),
     LeaseLostError("r1", 3),
     IllegalTransitionError("r1", "completed", "suspend"),

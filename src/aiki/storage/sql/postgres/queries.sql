@@ -457,6 +457,9 @@ SELECT id, workflows, last_seen, alive_until, alive_until > aiki_now_ms(:now) AS
 FROM workers
 ORDER BY id;
 
+-- name: workflow_versions
+SELECT version FROM workflows WHERE name = :name ORDER BY version;
+
 -- name: list_workflows
 -- One row per workflow version: its run counts by state and its live workers, in id order.
 WITH clock AS (SELECT aiki_now_ms(:now) AS now),

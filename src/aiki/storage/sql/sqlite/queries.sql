@@ -120,6 +120,9 @@ UPDATE workers SET alive_until = MIN(alive_until, :now) WHERE id = :id;
 -- name: list_workers
 SELECT id, workflows, last_seen, alive_until FROM workers ORDER BY id;
 
+-- name: workflow_versions
+SELECT version FROM workflows WHERE name = :name ORDER BY version;
+
 -- name: list_workflows
 SELECT name, version FROM workflows ORDER BY name, version;
 
