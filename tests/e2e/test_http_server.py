@@ -174,10 +174,15 @@ async def test_runs_claimed_for_a_worker_that_left_are_handed_back(srv: aiki.Ser
 
     await call_poll_then_leave(srv.app, POLL_BODY | {"wait_ms": 0})
 
-    async def pending() -> bool:
-        return (await srv.service.get_status(run_id)).state is aiki.RunState.PENDING
+    # The shielded claim and its hand-back may land after the disconnect returned (they do on
+    # PostgreSQL, whose queries yield to the loop): wait for the hand-back, not for `pending`,
+    # which the run also is before it was ever claimed.
+    async def released() -> bool:
+        history = await srv.service.get_history(run_id)
+        return any(e.kind.value == "run_released" for e in history)
 
-    await eventually(pending)
+    await eventually(released)
+    assert (await srv.service.get_status(run_id)).state is aiki.RunState.PENDING
     history = await srv.service.get_history(run_id)
     claims = [(e.kind.value, e.data.get("worker_id")) for e in history][1:]
     assert claims == [("run_claimed", "ghost"), ("run_released", "ghost")], "claimed, then back"
