@@ -16,7 +16,7 @@ import pytest
 import aiki
 from aiki.testing import FakeClock, kill_worker
 from conftest import WorkerFactory
-from helpers import Calls
+from helpers import Calls, eventually
 
 LEASE = aiki.WorkflowRunConfig(heartbeat_interval_ms=1_000, lease_ms=3_000)
 
@@ -291,6 +291,14 @@ async def test_gather_branch_with_new_call_waits_for_sibling_replays(
     first = await make_worker(branches, workflow_run=LEASE)
     handle = await branches.enqueue(client)
     await parked.wait()
+
+    # `other` ran, but its end may still be on its way to storage (on PostgreSQL it can be):
+    # kill the worker only once both `first` and `other` are recorded as completed.
+    async def other_recorded() -> bool:
+        history = await handle.get_history()
+        return sum(e.kind.value == "task_completed" for e in history) == 2
+
+    await eventually(other_recorded)
     await kill_worker(first)
     resumed["value"] = True
     await make_worker(branches, workflow_run=LEASE)
