@@ -1,5 +1,5 @@
-"""Shared fixtures: a fake clock, an embedded server on a fresh SQLite file, workers, and a
-PostgreSQL database for the tests that need one."""
+"""Shared fixtures: a fake clock, an embedded server on a fresh SQLite file or PostgreSQL
+database, workers, and a PostgreSQL database for the tests that need one."""
 
 from __future__ import annotations
 
@@ -33,9 +33,21 @@ def postgres_db() -> Iterator[PostgresDatabase]:
         yield database
 
 
-@pytest.fixture
-async def srv(tmp_path: Path, clock: FakeClock) -> AsyncIterator[aiki.Server]:
-    async with aiki.server(f"sqlite:///{tmp_path}/aiki.db", clock=clock) as server:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def srv(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
+) -> AsyncIterator[aiki.Server]:
+    """An embedded server on a fresh SQLite file, or on the session's emptied PostgreSQL database.
+
+    On PostgreSQL the fake clock's readings stand in for the database clock, as for SQLite.
+    """
+    if request.param == "postgres":
+        database: PostgresDatabase = request.getfixturevalue("postgres_db")
+        await database.reset()
+        url = database.dsn
+    else:
+        url = f"sqlite:///{tmp_path}/aiki.db"
+    async with aiki.server(url, clock=clock) as server:
         yield server
 
 
