@@ -95,8 +95,8 @@ async def test_long_delays_free_the_worker(
     # 20 s from the storage time of the claim that ran the second attempt (the fake clock does
     # not move in between). That claim may have been read before `advance` and committed after
     # the timer woke the run (a long poll on PostgreSQL can), so its time is not always now.
-    history = await handle.get_history()
-    reclaimed = [e for e in history if e.kind.value == "run_claimed"][-1]
+    events = await handle.get_history()
+    reclaimed = [e for e in events if e.kind.value == "run_claimed"][-1]
     assert clock.now_ms() - 10_000 <= reclaimed.at_ms <= clock.now_ms()
     second = await handle.get_status()
     assert second.wait is not None and second.wait.until_ms == reclaimed.at_ms + 20_000
