@@ -90,6 +90,12 @@ async def test_error_codes_round_trip_to_their_classes(
     assert isinstance(exc, aiki.RunNotFoundError) and exc.run_id == "no-such-run"
     seen.add("run_not_found")
 
+    by_name = NewRun(workflow="w", version="9", payload_json="{}", require_known=True)
+    exc = await same_error(srv, http, lambda api: api.enqueue(by_name))
+    assert isinstance(exc, aiki.WorkflowNotFoundError)
+    assert (exc.workflow, exc.version, exc.known) == ("w", "9", ("1",))
+    seen.add("workflow_not_found")
+
     exc = await same_error(srv, http, lambda api: api.enqueue(new_run({"n": 2}, key="k")))
     assert isinstance(exc, aiki.IdempotencyConflictError)
     assert (exc.workflow, exc.version, exc.idempotency_key, exc.run_id) == (
