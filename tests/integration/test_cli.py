@@ -198,7 +198,7 @@ def test_api_key_guards_the_server(procs: Processes, tmp_path: Path) -> None:
     )
 
     assert "this server requires an API key" in failed(no_key)
-    assert "this server requires an API key" in failed(wrong_key)
+    assert "the API key sent is not this server's" in failed(wrong_key)
     ok(right_key)
     ok(procs.run_cli("workflows", "list", "--server", url, env={"AIKI_API_KEY": "s3cret"}))
     assert httpx.get(f"{url}/health").status_code == 200  # needs no key

@@ -181,10 +181,13 @@ class RequireApiKey:
         if scope["type"] != "http" or _open_path(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        body: ErrorBody = {
-            "code": "unauthorized",
-            "message": "this server requires an API key: send 'Authorization: Bearer <key>'",
-        }
+        sent = any(name == b"authorization" for name, _ in scope["headers"])
+        message = (
+            "the API key sent is not this server's"
+            if sent
+            else "this server requires an API key: send 'Authorization: Bearer <key>'"
+        )
+        body: ErrorBody = {"code": "unauthorized", "message": message}
         response = json_response(body, 401)
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
