@@ -163,6 +163,7 @@ class Service:
 
     async def unregister_worker(self, worker_id: WorkerId) -> None:
         await self._storage.unregister_worker(worker_id)
+        self._cancel_notices.pop(worker_id, None)  # nobody is left to read them
 
     async def poll(self, request: PollRequest) -> PollReply:
         loop = asyncio.get_running_loop()
