@@ -411,16 +411,20 @@ class HttpApi:
         )
         return load_heartbeat_reply(body)
 
-    async def start_task(self, lease: Lease, start: TaskStart) -> None:
-        """See `EngineApi.start_task`."""
-        body: StartTaskBody = {"revision": lease.revision, "start": dump_task_start(start)}
+    async def _leased_write(self, lease: Lease, suffix: str, body: Any) -> None:
+        """A worker write to its run; never resent after a lost reply (see module docstring)."""
         await self._call_no_reply(
             "POST",
-            _run_path(lease.run_id, "/tasks/start"),
+            _run_path(lease.run_id, suffix),
             body=body,
             idempotent=False,
             run_id=lease.run_id,
         )
+
+    async def start_task(self, lease: Lease, start: TaskStart) -> None:
+        """See `EngineApi.start_task`."""
+        body: StartTaskBody = {"revision": lease.revision, "start": dump_task_start(start)}
+        await self._leased_write(lease, "/tasks/start", body)
 
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
         """See `EngineApi.finish_task`."""
@@ -438,39 +442,25 @@ class HttpApi:
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         """See `EngineApi.suspend`."""
         body: SuspendBody = {"revision": lease.revision, "wait": dump_wait_info(wait)}
-        await self._call_no_reply(
-            "POST",
-            _run_path(lease.run_id, "/suspend"),
-            body=body,
-            idempotent=False,
-            run_id=lease.run_id,
-        )
+        await self._leased_write(lease, "/suspend", body)
 
     async def release(self, lease: Lease) -> None:
         """See `EngineApi.release`."""
         body: ReleaseBody = {"revision": lease.revision}
-        await self._call_no_reply(
-            "POST",
-            _run_path(lease.run_id, "/release"),
-            body=body,
-            idempotent=False,
-            run_id=lease.run_id,
-        )
+        await self._leased_write(lease, "/release", body)
 
     async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
         """See `EngineApi.finish`."""
         body: FinishBody = {"revision": lease.revision, "outcome": dump_run_outcome(outcome)}
-        await self._call_no_reply(
-            "POST",
-            _run_path(lease.run_id, "/finish"),
-            body=body,
-            idempotent=False,
-            run_id=lease.run_id,
-        )
+        await self._leased_write(lease, "/finish", body)
+
+
+# Built once: json.dumps with options builds a new encoder on every call (every request here).
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _encode(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _encoder.encode(body).encode()
 
 
 def _is_ours(response: Reply) -> bool:
