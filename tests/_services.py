@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -115,3 +120,89 @@ def postgres_database(environ: Mapping[str, str] = os.environ) -> Iterator[Postg
             yield database
         finally:
             thread.submit(asyncio.run, _drop(admin_dsn, name)).result()
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+REDIS_URL_VARIABLE = "AIKI_TEST_REDIS_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url(environ: Mapping[str, str] = os.environ) -> str:
+    """The shared Redis of the tests (each test uses a namespace of its own in it)."""
+    url = environ.get(REDIS_URL_VARIABLE) or DEFAULT_REDIS_URL
+    try:
+        with socket.create_connection(_address(url), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            reply = conn.recv(64)
+    except OSError as exc:
+        reply = f"{type(exc).__name__}: {exc}".encode()
+    if not reply.startswith(b"+PONG"):
+        unavailable(
+            "Redis",
+            reply.decode(errors="replace").strip() or "no reply",
+            f"start Redis on 127.0.0.1:6379 or set {REDIS_URL_VARIABLE}",
+            environ,
+        )
+    return url
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+class RedisProcess:
+    """A private `redis-server` on a free port of 127.0.0.1, which a test may stop and restart.
+
+    Tests of a Redis outage use it rather than the shared Redis, which other tests need.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            unavailable("redis-server", "not on PATH", "install Redis (Debian: redis-server)")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:  # until it answers; a fresh redis-server takes a few milliseconds
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        """SIGKILL it: what it held is gone, as after a crash."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None

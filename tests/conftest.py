@@ -12,7 +12,7 @@ import pytest
 
 import aiki
 from _httpx_transport import HttpxTransport
-from _services import PostgresDatabase, postgres_database
+from _services import PostgresDatabase, RedisProcess, postgres_database, redis_url
 from aiki.testing import FakeClock
 
 WorkerFactory = Callable[..., Awaitable[aiki.Worker]]
@@ -31,6 +31,23 @@ def postgres_db() -> Iterator[PostgresDatabase]:
     """
     with postgres_database() as database:
         yield database
+
+
+@pytest.fixture
+def redis() -> str:
+    """The URL of the shared Redis (skipped, or failed under CI, when it is unreachable)."""
+    return redis_url()
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A private redis-server, started; a test may kill and restart it. Killed at the end."""
+    process = RedisProcess(tmp_path)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

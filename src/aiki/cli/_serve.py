@@ -29,21 +29,49 @@ from aiki.cli._options import api_key_option, storage_option
     help="Port to listen on; 0 picks a free one [env: AIKI_PORT].",
 )
 @api_key_option
-def server_command(storage: str, host: str, port: int, api_key: str | None) -> None:
+@click.option(
+    "--queue",
+    default=None,
+    envvar="AIKI_QUEUE",
+    help="How servers sharing the storage announce new work to each other: "
+    "redis://host:6379/0[?namespace=NAME]; by default, claims from storage "
+    "(with LISTEN/NOTIFY on PostgreSQL) [env: AIKI_QUEUE].",
+)
+@click.option(
+    "--notify/--no-notify",
+    default=True,
+    show_default=True,
+    envvar="AIKI_NOTIFY",
+    help="On PostgreSQL without --queue: wake the other servers with NOTIFY; off, they "
+    "find new work by looking at storage again [env: AIKI_NOTIFY].",
+)
+def server_command(
+    storage: str, host: str, port: int, api_key: str | None, queue: str | None, notify: bool
+) -> None:
     """Serve the Aiki HTTP API (migrations are applied on start).
 
-    Stops gracefully on SIGINT or SIGTERM.
+    Several servers may share one PostgreSQL database. Stops gracefully on SIGINT or SIGTERM.
     """
-    asyncio.run(serve(storage, host, port, api_key))
+    asyncio.run(serve(storage, host, port, api_key, queue=queue, notify=notify))
 
 
-async def serve(storage: str, host: str, port: int, api_key: str | None) -> None:
+async def serve(
+    storage: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    *,
+    queue: str | None = None,
+    notify: bool = True,
+) -> None:
     """Run an Aiki server on `host:port` until SIGINT or SIGTERM."""
     stop = stop_event_on_signals()
-    async with aiki.server(storage, api_key=api_key) as srv:
+    async with aiki.server(storage, api_key=api_key, queue=queue, notify=notify) as srv:
         http = HttpServer(srv.app, host, port)
         url = await http.start()
-        click.echo(f"Aiki server listening on {url} (storage {storage})")
+        click.echo(
+            f"Aiki server listening on {url} (storage {storage}, queue {srv.queue.description})"
+        )
         await stop.wait()
         click.echo("Aiki server stopping")
         srv.service.begin_shutdown()  # long-polls answer now instead of holding up the exit

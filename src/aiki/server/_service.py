@@ -37,27 +37,36 @@ from aiki._core.serde import check_size
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
 from aiki.errors import RunNotFoundError, WorkflowNotFoundError
+from aiki.queue import Announcement, LocalQueue, Queue
 from aiki.server._signals import KeyedSignal, Signal, wait_any
 from aiki.storage import Storage
 
 _log = logging.getLogger("aiki.server")
 
 # While a long-poll waits, storage is read again this often even without a wake-up, so a
-# change made by another server process is seen.
+# change made by another server process is seen even when the queue dropped the news.
 _WAIT_RECHECK_S = 5.0
+# A worker that has not polled this server for so long is served by another one (or gone):
+# cancel requests for it, heard from other servers, are not kept here.
+_QUIET_WORKER_S = 300.0
 
 
 class Service:
     """The run state machine as a service: what clients and workers call."""
 
-    def __init__(self, storage: Storage, settings: ServerSettings) -> None:
+    def __init__(
+        self, storage: Storage, settings: ServerSettings, queue: Queue | None = None
+    ) -> None:
         self._storage = storage
         self._settings = settings
-        self._ready = Signal()  # runs became claimable
+        self._queue: Queue = queue or LocalQueue()
+        self._ready: KeyedSignal[WorkflowKey] = KeyedSignal()  # runs of a version claimable
+        self._ready_any = Signal()  # runs of any version may be claimable
         self._timers_changed = Signal()  # a new due time may be earlier than the timer loop knows
         self._run_ended: KeyedSignal[RunId] = KeyedSignal()
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
+        self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
         self._background: set[asyncio.Task[None]] = set()
         self._closing = Signal()  # long-polls return at once when the server shuts down
         self._closed = False
@@ -76,7 +85,8 @@ class Service:
                 raise WorkflowNotFoundError(workflow=new.workflow, version=new.version, known=known)
         enqueued = await self._storage.enqueue(new)
         if enqueued.created:
-            self._ready.notify()
+            key = WorkflowKey(name=new.workflow, version=new.version)
+            self._announce(Announcement(ready=frozenset((key,))))
         return enqueued
 
     async def get_status(self, run_id: RunId) -> RunStatus:
@@ -148,10 +158,9 @@ class Service:
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         status = await self._storage.cancel(run_id, reason)
         if status.state.is_final:
-            self._run_ended.notify(run_id)
+            self._announce(Announcement(ended=frozenset((run_id,))))
         elif status.cancel_requested and status.worker_id is not None:
-            self._cancel_notices.setdefault(status.worker_id, set()).add(run_id)
-            self._worker_notices.notify(status.worker_id)
+            self._announce(Announcement(cancels=frozenset(((status.worker_id, run_id),))))
         return status
 
     # --- workers ------------------------------------------------------------------------
@@ -164,16 +173,20 @@ class Service:
     async def unregister_worker(self, worker_id: WorkerId) -> None:
         await self._storage.unregister_worker(worker_id)
         self._cancel_notices.pop(worker_id, None)  # nobody is left to read them
+        self._polled_at.pop(worker_id, None)
 
     async def poll(self, request: PollRequest) -> PollReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.wait_ms / 1000
         worker = request.worker_id
+        self._polled_at[worker] = loop.time()
         while True:
             tickets = [self._worker_notices.ticket(worker)]
+            ready_keys = request.workflows if request.capacity > 0 else ()
             try:
                 if request.capacity > 0:
-                    tickets.append(self._ready.ticket())
+                    tickets.append(self._ready_any.ticket())
+                    tickets.extend(self._ready.ticket(key) for key in ready_keys)
                     claimed = await self._claim(request)
                 else:
                     claimed = []
@@ -185,6 +198,9 @@ class Service:
                 await wait_any(tickets, min(remaining, request.recheck_ms / 1000))
             finally:
                 self._worker_notices.release(worker)
+                for key in ready_keys:
+                    self._ready.release(key)
+                self._polled_at[worker] = loop.time()
 
     async def _claim(self, request: PollRequest) -> list[ClaimedRun]:
         claim = asyncio.ensure_future(
@@ -203,7 +219,7 @@ class Service:
     async def _hand_back(self, claim: asyncio.Future[list[ClaimedRun]]) -> None:
         for claimed in await claim:
             await self._storage.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
-        self._ready.notify()
+        self._announce(Announcement(ready_all=True))
 
     async def heartbeat(
         self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
@@ -228,7 +244,7 @@ class Service:
 
     async def release(self, lease: Lease) -> None:
         await self._storage.release(lease)
-        self._ready.notify()
+        self._announce(Announcement(ready_all=True))
 
     async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
         if outcome.result_json is not None:
@@ -238,7 +254,7 @@ class Service:
                 limit=self._settings.max_payload_bytes,
             )
         await self._storage.finish(lease, outcome)
-        self._run_ended.notify(lease.run_id)
+        self._announce(Announcement(ended=frozenset((lease.run_id,))))
 
     # --- timers -------------------------------------------------------------------------
 
@@ -247,15 +263,49 @@ class Service:
         report = await self._storage.fire_timers(
             max_recovery_attempts=self._settings.max_recovery_attempts
         )
-        if report.woken or report.expired:
-            self._ready.notify()
-        for run_id in report.ended:
-            self._run_ended.notify(run_id)
+        self._announce(
+            Announcement(
+                ready_all=bool(report.woken or report.expired), ended=frozenset(report.ended)
+            )
+        )
         return report
 
     def timers_ticket(self) -> asyncio.Future[None]:
         """A ticket that resolves when a new due time was set."""
         return self._timers_changed.ticket()
+
+    # --- news between servers -----------------------------------------------------------
+
+    def _announce(self, news: Announcement) -> None:
+        """Wake this server's waiters, and tell the other servers through the queue."""
+        self.receive(news)
+        self._queue.announce(news)
+
+    def receive(self, news: Announcement) -> None:
+        """Wake the waiters that `news` concerns (the queue calls this with other servers' news)."""
+        if news.ready_all or news.missed:
+            self._ready_any.notify()
+        for key in news.ready:
+            self._ready.notify(key)
+        for run_id in news.ended:
+            self._run_ended.notify(run_id)
+        if news.missed:
+            self._run_ended.notify_all()
+        if news.cancels:
+            self._note_cancels(news.cancels)
+
+    def _note_cancels(self, cancels: frozenset[tuple[WorkerId, RunId]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for worker, _ in list(self._polled_at.items()):
+            if now - self._polled_at[worker] > _QUIET_WORKER_S:
+                del self._polled_at[worker]
+                self._cancel_notices.pop(worker, None)
+        for worker, run_id in cancels:
+            # A worker polls one server at a time; the others need not keep its notices (its
+            # heartbeat reply carries them too, from storage).
+            if worker in self._polled_at:
+                self._cancel_notices.setdefault(worker, set()).add(run_id)
+                self._worker_notices.notify(worker)
 
     # --- lifecycle ----------------------------------------------------------------------
 

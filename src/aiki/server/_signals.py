@@ -62,6 +62,10 @@ class KeyedSignal(Generic[K]):
         if signal is not None:
             signal.notify()
 
+    def notify_all(self) -> None:
+        for signal in list(self._signals.values()):
+            signal.notify()
+
 
 async def wait_any(futures: list[asyncio.Future[None]], timeout_s: float | None) -> None:
     """Return when one of `futures` is done or `timeout_s` (None: no limit) has passed.
