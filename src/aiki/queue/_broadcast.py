@@ -1,7 +1,9 @@
 """The part shared by queues that broadcast through another service (PostgreSQL, Redis).
 
-Sending is coalesced: at most one message is in flight per server, and whatever is announced
-meanwhile goes out merged in the next one. Under load, many enqueues cost one message, and
+Sending is coalesced: at most one message is in flight per server, at most one starts per
+`_SEND_INTERVAL_S`, and whatever is announced meanwhile goes out merged in the next one. The
+first news after a quiet spell goes out at once; under load, many enqueues cost one message
+(each message is a transaction of the database or a command of Redis), and
 while the service is unreachable news is dropped, not piled up (the polling path covers it).
 Receiving runs in a loop that reconnects with a capped backoff; after a reconnect the server
 is told it may have missed news, so its waiters look at storage again.
@@ -25,6 +27,7 @@ _log = logging.getLogger("aiki.queue")
 
 _RECONNECT_FIRST_S = 0.05
 _CLOSE_TIMEOUT_S = 2.0
+_SEND_INTERVAL_S = 0.005
 _RECONNECT_MAX_S = 1.0
 # Run ids and cancels per message: keeps each message well under PostgreSQL's 8,000-byte
 # NOTIFY payload limit.
@@ -115,6 +118,7 @@ class Broadcast(abc.ABC):
                 self._lost(f"could not announce ({exc!r})")
             else:
                 self._reached()
+            await asyncio.sleep(_SEND_INTERVAL_S)  # news of the next few ms goes out together
 
     async def _listen_loop(self) -> None:
         delay = _RECONNECT_FIRST_S
