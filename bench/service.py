@@ -129,13 +129,14 @@ class Service:
             )
         return Child(name, popen, log)
 
-    def start(self, db: Path, workers: int, concurrency: int) -> None:
+    def start(
+        self, storage: str, workers: int, concurrency: int, server_args: Sequence[str] = ()
+    ) -> None:
+        """Start the server on `storage` (a URL), with `server_args` added, then the workers."""
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        storage = f"sqlite:///{db}"
-        self.server = self._start(
-            "server", ["server", "--storage", storage, "--host", "127.0.0.1", "--port", str(port)]
-        )
+        command = ["server", "--storage", storage, "--host", "127.0.0.1", "--port", str(port)]
+        self.server = self._start("server", [*command, *server_args])
         self._wait_healthy()
         for i in range(workers):
             args = ["worker", "_two_tasks:two_tasks", "--server", self.url, "--id", f"bench-{i}"]
@@ -191,10 +192,10 @@ class Service:
 
 
 @contextlib.contextmanager
-def running_service(folder: Path, db: Path, args: Any) -> Iterator[Service]:
+def running_service(folder: Path, storage: str, args: Any) -> Iterator[Service]:
     service = Service(folder)
     try:
-        service.start(db, args.workers, args.concurrency)
+        service.start(storage, args.workers, args.concurrency)
         yield service
     finally:
         service.stop()
@@ -404,15 +405,15 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 
 
 async def bench(args: Any, folder: Path) -> None:
-    db = folder / "bench.db"
+    storage = args.storage or f"sqlite:///{folder / 'bench.db'}"
     print("Aiki service benchmark: aiki server + aiki worker processes, client over HTTP")
     print(
         f"  python {platform.python_version()} ({platform.machine()}, {os.cpu_count()} CPUs), "
         f"SQLite {sqlite3.sqlite_version}"
     )
-    print(f"  database {db} (fresh)")
+    print(f"  storage {storage}" + ("" if args.storage else " (fresh)"))
     print(f"  {args.workers} worker process(es), --concurrency {args.concurrency} each")
-    with running_service(folder, db, args) as service:
+    with running_service(folder, storage, args) as service:
         async with await aiki.create_client(url=service.url) as client:
             async with asyncio.timeout(args.timeout):
                 if args.runs:
@@ -434,6 +435,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-runs", type=int, default=200, help="sequential runs timed")
     parser.add_argument("--warmup", type=int, default=20, help="sequential runs not timed")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after this (s)")
+    parser.add_argument(
+        "--storage",
+        help="storage URL of the server, e.g. postgresql://... of an empty database "
+        "(default: a fresh SQLite file)",
+    )
     args = parser.parse_args(argv)
     if min(args.runs, args.latency_runs, args.warmup) < 0:
         parser.error("counts must be >= 0")
