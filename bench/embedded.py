@@ -1,7 +1,8 @@
 """End-to-end throughput and latency of embedded Aiki: server, client and one worker, one process.
 
-Each run is a workflow calling two no-op async tasks. A fresh SQLite file holds everything;
-nothing listens on the network. Two phases:
+Each run is a workflow calling two no-op async tasks. A fresh SQLite file holds everything
+(or, with `--storage postgresql://...`, a fresh PostgreSQL database created on that server and
+dropped at the end); nothing listens on the network. Two phases:
 
 - throughput: enqueue `--runs` runs concurrently, in chunks, while the worker executes them,
   and wait until every run has ended;
@@ -19,14 +20,16 @@ import contextlib
 import importlib
 import math
 import platform
+import secrets
 import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from _writer_stats import WriterStats, counting_transactions
 
@@ -251,6 +254,8 @@ def report_throughput(result: Throughput, args: Any) -> list[tuple[str, str]]:
         ("storage operations", f"{_per_run(w.writes, result.runs)} writes, {w.reads:,} reads"),
         ("largest batch", f"{w.largest_batch} operations in one transaction"),
     ]
+    if args.storage is not None:  # counted at the driver: these two are not known
+        rows = [row for row in rows if row[0] not in ("  of which write", "largest batch")]
     if result.not_completed:
         rows.append(
             ("NOT COMPLETED", ", ".join(f"{n} {s}" for s, n in result.not_completed.items()))
@@ -287,16 +292,16 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
 # --- main -------------------------------------------------------------------------------------
 
 
-async def bench(args: Any, db: Path) -> None:
+async def bench(args: Any, storage: str, counting: Callable[[], Any]) -> None:
     print("Aiki embedded benchmark: server, client and one worker in one process")
     print(
         f"  python {platform.python_version()} ({platform.machine()}), SQLite "
         f"{sqlite3.sqlite_version}, loop {type(asyncio.get_running_loop()).__module__}"
     )
-    print(f"  database {db}" + (" (fresh)" if not args.db else ""))
+    print(f"  storage {storage}" + (" (fresh)" if not args.db else ""))
     print(f"  worker: max_concurrent_workflow_runs={args.concurrency}, max_batch_size={args.batch}")
-    with counting_transactions() as stats:
-        async with aiki.server(f"sqlite:///{db.resolve()}") as srv:
+    with counting() as stats:
+        async with aiki.server(storage) as srv:
             client = await aiki.create_client(server=srv)
             worker = await aiki.worker(
                 client,
@@ -327,6 +332,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=100, help="worker max_batch_size (per claim)")
     parser.add_argument("--chunk", type=int, default=100, help="enqueue calls in flight at once")
     parser.add_argument("--db", type=Path, help="database file (default: a fresh temporary one)")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a postgresql:// URL: run on PostgreSQL, in a fresh database created on that "
+        "server (and dropped at the end) instead of SQLite",
+    )
     parser.add_argument("--latency-runs", type=int, default=200, help="sequential runs timed")
     parser.add_argument("--warmup", type=int, default=20, help="sequential runs not timed")
     parser.add_argument(
@@ -340,7 +351,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 0 or args.latency_runs < 0 or args.warmup < 0 or args.chunk < 1:
         parser.error("counts must be >= 0 and --chunk >= 1")
+    if args.storage is not None and (
+        args.db is not None or not args.storage.startswith(("postgresql://", "postgres://"))
+    ):
+        parser.error("--storage takes a postgresql:// URL, and not with --db")
     return args
+
+
+@contextlib.asynccontextmanager
+async def fresh_postgres(url: str) -> AsyncIterator[str]:
+    """A new database on the server `url` names, dropped on exit; yields its URL."""
+    asyncpg = importlib.import_module("asyncpg")  # only this mode needs the driver
+    name = f"bench_embedded_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def bench_postgres(args: Any) -> None:
+    counting = importlib.import_module("_pg_stats").counting_pg_transactions
+    async with fresh_postgres(args.storage) as url:
+        await bench(args, url, counting)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -350,13 +385,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         runner: Callable[[Any], Any] = importlib.import_module("uvloop").run
     else:
         runner = asyncio.run
+    if args.storage is not None:
+        runner(bench_postgres(args))
+        return
     if args.db is not None:
         if args.db.exists():
             sys.exit(f"{args.db} exists: the benchmark wants a fresh database file")
-        runner(bench(args, args.db))
+        runner(bench(args, f"sqlite:///{args.db.resolve()}", counting_transactions))
         return
     with tempfile.TemporaryDirectory(prefix="aiki-bench-") as tmp:
-        runner(bench(args, Path(tmp) / "bench.db"))
+        db = Path(tmp) / "bench.db"
+        runner(bench(args, f"sqlite:///{db.resolve()}", counting_transactions))
 
 
 if __name__ == "__main__":
