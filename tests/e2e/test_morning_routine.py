@@ -5,8 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import aiki
-from aiki.examples import morning_routine, user_onboarding_v1, user_onboarding_v2
+from aiki.examples import (
+    morning_routine,
+    morning_routine_v2,
+    user_onboarding_v1,
+    user_onboarding_v2,
+)
+from aiki.testing import FakeClock
 from conftest import WorkerFactory
+from helpers import eventually
 
 
 async def test_morning_routine_end_to_end(client: aiki.Client, make_worker: WorkerFactory) -> None:
@@ -185,3 +192,34 @@ async def test_idle_worker_is_woken_by_an_enqueue_not_by_polling(
             "alarm_result": "Wake up!",
             "stretch_result": 300,
         }
+
+
+async def test_morning_routine_v2_takes_a_durable_coffee_break(
+    client: aiki.Client, make_worker: WorkerFactory, clock: FakeClock
+) -> None:
+    await make_worker(morning_routine, morning_routine_v2, max_concurrent_workflow_runs=1)
+    t0 = clock.now_ms()
+    handle = await morning_routine_v2.enqueue(client, payload={"user_id": "123"})
+
+    async def coffee() -> bool:
+        status = await handle.get_status()
+        return status.wait is not None and status.wait.detail == "coffee"
+
+    await eventually(coffee)
+    status = await handle.get_status()
+    assert status.state is aiki.RunState.WAITING and status.worker_id is None
+    assert status.wait is not None and status.wait.kind.value == "sleep"
+    assert status.wait.until_ms == t0 + 2_000
+    v1 = await morning_routine.enqueue(client, payload={})  # the only slot is free meanwhile
+    assert await v1.wait_for_completion(timeout=10) == {
+        "alarm_result": "Wake up!",
+        "stretch_result": 300,
+    }
+
+    await clock.advance(2_000)
+    assert await handle.wait_for_completion(timeout=10) == {
+        "alarm_result": "Wake up!",
+        "stretch_result": 300,
+    }
+    started = [e.data["task"] for e in await handle.get_history() if e.kind.value == "task_started"]
+    assert started == ["ring-alarm", "aiki.sleep/coffee", "stretch"]

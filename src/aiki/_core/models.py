@@ -29,6 +29,7 @@ class WaitKind(StrEnum):
     """Why a run is `waiting`."""
 
     RETRY = "retry"  # a task's retry backoff
+    SLEEP = "sleep"  # `workflow_run.sleep(...)`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +153,17 @@ class TaskOutcome(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"  # final: the workflow sees TaskFailedError
     RETRYING = "retrying"  # failed, another attempt will follow
+
+
+# A durable sleep (`workflow_run.sleep(name, ...)`) is recorded as a completed task named
+# `aiki.sleep/<name>` (user tasks may not use `aiki.` names), with a fixed payload digest and
+# the sleep's occurrence as index; its result is `{"duration_ms": ..., "until_ms": ...}`.
+SLEEP_TASK_PREFIX = "aiki.sleep/"
+
+
+def sleep_name(task: str) -> str | None:
+    """The sleep's name if `task` is a sleep's record, else None."""
+    return task.removeprefix(SLEEP_TASK_PREFIX) if task.startswith(SLEEP_TASK_PREFIX) else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 import aiki
-from aiki._core.models import NewRun
+from aiki._core.models import EventKind, HistoryEvent, NewRun, sleep_name
 from aiki._core.serde import encode
 from aiki._core.states import RunState
 from aiki.cli._connect import run_with_client
@@ -89,6 +89,27 @@ def show_run(run_id: str, server_url: str, api_key: str | None, as_json: bool) -
         click.echo(to_json({"status": status, "history": history}))
     else:
         describe_run(status, history)
+        _describe_sleeps(history)
+
+
+def _describe_sleeps(history: list[aiki.HistoryEvent]) -> None:
+    """The run's durable sleeps, which the timeline lists as `aiki.sleep/<name>` tasks."""
+    rows = [(name, event) for event in history if (name := _sleep_recorded(event)) is not None]
+    if not rows:
+        return
+    click.echo("\nsleeps")
+    for name, event in rows:
+        duration = int(event.data.get("duration_ms") or 0)
+        click.echo(
+            f"  {name} #{event.data.get('index', 0) + 1}  {duration} ms  "
+            f"from {when(event.at_ms)}  until about {when(event.at_ms + duration)}"
+        )
+
+
+def _sleep_recorded(event: HistoryEvent) -> str | None:
+    if event.kind is not EventKind.TASK_COMPLETED:
+        return None
+    return sleep_name(str(event.data.get("task")))
 
 
 @runs_group.command("cancel")

@@ -28,7 +28,7 @@ from aiki._core.ids import RunId
 from aiki._core.models import RunStatus, WorkerInfo, WorkflowKey
 from aiki._core.states import RunState
 from aiki.dashboard._security import COOKIE, Gate, read_form, safe_next, same_origin
-from aiki.dashboard._timeline import format_duration, format_time, tasks, timeline
+from aiki.dashboard._timeline import format_duration, format_time, sleeps, tasks, timeline
 from aiki.errors import RunNotFoundError
 
 PAGE_SIZE = 50
@@ -191,6 +191,7 @@ class _Pages:
             notice=_NOTICES.get(request.query_params.get("cancel", "")),
             timeline=timeline(history),
             tasks=tasks(history),
+            sleeps=sleeps(history, status.wait),
             start=history[0].at_ms if history else status.created_at_ms,
         )
 

@@ -1,18 +1,21 @@
-"""A run's history turned into what the run page shows: the timeline and each task's attempts.
+"""A run's history turned into what the run page shows: the timeline, tasks and sleeps.
 
 Everything here is derived from the history events alone, so the page shows exactly what the
 audit trail holds. Texts are plain strings; the templates escape them.
+
+A sleep is recorded as a completed task named `aiki.sleep/<name>` whose duration is the
+sleep's: it is shown as a sleep, never as a task.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from aiki._core.models import EventKind, HistoryEvent
+from aiki._core.models import EventKind, HistoryEvent, WaitInfo, WaitKind, sleep_name
 from aiki._core.states import RunState
 
 
@@ -86,6 +89,28 @@ class TaskView:
         return self.attempts[-1].outcome if self.attempts else "running"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SleepView:
+    """A durable sleep of the run: its name, occurrence, length and wake-up time."""
+
+    name: str
+    index: int  # the n-th sleep of this name in the run, from 0
+    duration_ms: int
+    recorded_ms: int  # when the first call recorded it (storage clock)
+    worker_id: str | None = None
+    sleeping: bool = False  # the run is waiting for this sleep now
+
+    @property
+    def until_ms(self) -> int:
+        """The wake-up time, give or take the record's write latency.
+
+        The worker reckons it from the storage time of its claim just before it writes the
+        record; the record's time is when storage wrote it. A waiting run's status has the
+        exact time.
+        """
+        return self.recorded_ms + self.duration_ms
+
+
 _LABELS: dict[EventKind, str] = {
     EventKind.ENQUEUED: "enqueued",
     EventKind.CLAIMED: "claimed",
@@ -104,7 +129,11 @@ _LABELS: dict[EventKind, str] = {
 
 
 def timeline(history: Sequence[HistoryEvent]) -> list[TimelineEntry]:
-    """Every event in order, with its time since the first one and a one-line summary."""
+    """Every event in order, with its time since the first one and a one-line summary.
+
+    A sleep's record is stored as a task's start and end written together; its start adds
+    nothing, so the sleep is one entry.
+    """
     if not history:
         return []
     start = history[0].at_ms
@@ -114,17 +143,30 @@ def timeline(history: Sequence[HistoryEvent]) -> list[TimelineEntry]:
             at_ms=event.at_ms,
             offset_ms=event.at_ms - start,
             kind=event.kind,
-            label=_LABELS.get(event.kind, event.kind.value),
+            label=_label(event),
             state=event.state,
             summary=summarize(event),
             error=ErrorView.from_data(event.data.get("error")),
         )
         for event in history
+        if not (event.kind is EventKind.TASK_STARTED and _sleep_of(event) is not None)
     ]
 
 
+def _label(event: HistoryEvent) -> str:
+    if event.kind is EventKind.TASK_COMPLETED and _sleep_of(event) is not None:
+        return "sleep"
+    return _LABELS.get(event.kind, event.kind.value)
+
+
+def _sleep_of(event: HistoryEvent) -> str | None:
+    """The sleep's name if `event` is about a sleep's record."""
+    task = event.data.get("task")
+    return sleep_name(task) if isinstance(task, str) else None
+
+
 def summarize(event: HistoryEvent) -> str:
-    """What an event says, in a line: who, which task, how long, why."""
+    """What an event says, in a line: who, which task or sleep, how long, why."""
     describe = _SUMMARIES.get(event.kind)
     return "" if describe is None else describe(event.kind, event.data)
 
@@ -150,7 +192,12 @@ def _lease_expired(kind: EventKind, data: dict[str, Any]) -> str:
 def _waiting(kind: EventKind, data: dict[str, Any]) -> str:
     text = str(data.get("kind") or "")
     if data.get("detail"):
-        text += f" of {data['detail']}" if text == "retry" else f" ({data['detail']})"
+        if text == WaitKind.RETRY:
+            text += f" of {data['detail']}"
+        elif text == WaitKind.SLEEP:
+            text += f" {data['detail']!r}"
+        else:
+            text += f" ({data['detail']})"
     if kind is EventKind.SUSPENDED and isinstance(data.get("until_ms"), int):
         text += f" until {format_time(data['until_ms'])} UTC"
     return text
@@ -172,6 +219,9 @@ def _failed(kind: EventKind, data: dict[str, Any]) -> str:
 
 
 def _summarize_task(kind: EventKind, data: dict[str, Any]) -> str:
+    sleep = sleep_name(str(data.get("task")))
+    if sleep is not None:
+        return _summarize_sleep(sleep, data)
     text = f"{data.get('task')} #{data.get('index', 0)} attempt {data.get('attempt')}"
     if kind is EventKind.TASK_STARTED:
         return f"{text} on worker {data.get('worker_id')}"
@@ -185,6 +235,14 @@ def _summarize_task(kind: EventKind, data: dict[str, Any]) -> str:
             text += "; no retries left"
         elif data.get("retry_delay_ms") is not None:
             text += f"; retry in {format_duration(int(data['retry_delay_ms']))}"
+    return text
+
+
+def _summarize_sleep(name: str, data: dict[str, Any]) -> str:
+    text = f"{name!r} #{data.get('index', 0)}"
+    duration = data.get("duration_ms")
+    if isinstance(duration, int):
+        text += f" for {format_duration(duration)}"
     return text
 
 
@@ -214,10 +272,15 @@ _SUMMARIES: dict[EventKind, Callable[[EventKind, dict[str, Any]], str]] = {
 
 
 def tasks(history: Sequence[HistoryEvent]) -> list[TaskView]:
-    """Each task call of the run with its attempts, in the order the calls first started."""
+    """Each task call of the run with its attempts, in the order the calls first started.
+
+    Sleeps are left out (see `sleeps`).
+    """
     views: dict[tuple[str, str, int], TaskView] = {}
     for event in history:
         data = event.data
+        if _sleep_of(event) is not None:
+            continue
         if event.kind is EventKind.TASK_STARTED:
             view = _view(views, data)
             view.attempts.append(
@@ -242,6 +305,32 @@ def tasks(history: Sequence[HistoryEvent]) -> list[TaskView]:
     for view in result:
         view.show_digest = calls[(view.task, view.index)] > 1
     return result
+
+
+def sleeps(history: Sequence[HistoryEvent], wait: WaitInfo | None = None) -> list[SleepView]:
+    """Each durable sleep of the run, in the order they were first reached.
+
+    With the run's current `wait`, the sleep it waits for is marked `sleeping`.
+    """
+    found = [
+        SleepView(
+            name=name,
+            index=int(event.data.get("index", 0)),
+            duration_ms=int(event.data.get("duration_ms") or 0),
+            recorded_ms=event.at_ms,
+            worker_id=event.data.get("worker_id"),
+        )
+        for event in history
+        if event.kind is EventKind.TASK_COMPLETED and (name := _sleep_of(event)) is not None
+    ]
+    if wait is None or wait.kind is not WaitKind.SLEEP:
+        return found
+    candidates = [s for s in found if s.name == wait.detail]
+    if not candidates:
+        return found
+    # The wait's time is exact, the views' are not quite (see `SleepView.until_ms`).
+    waited = min(candidates, key=lambda s: abs(s.until_ms - wait.until_ms))
+    return [replace(s, sleeping=True) if s is waited else s for s in found]
 
 
 def _view(views: dict[tuple[str, str, int], TaskView], data: dict[str, Any]) -> TaskView:

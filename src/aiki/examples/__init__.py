@@ -1,6 +1,6 @@
 """Example workflows from the concept document, used by `aiki dev` and the tests."""
 
-from aiki.examples.morning import morning_routine, ring_alarm, stretch
+from aiki.examples.morning import morning_routine, morning_routine_v2, ring_alarm, stretch
 from aiki.examples.onboarding import (
     create_user_profile,
     send_welcome_email,
@@ -12,6 +12,7 @@ from aiki.sdk import Registry
 __all__ = [
     "create_user_profile",
     "morning_routine",
+    "morning_routine_v2",
     "registry",
     "ring_alarm",
     "send_welcome_email",
@@ -23,4 +24,10 @@ __all__ = [
 
 def registry() -> Registry:
     """Every example workflow, ready for `worker.registry` or `aiki worker`."""
-    return Registry().add(morning_routine).add(user_onboarding_v1).add(user_onboarding_v2)
+    return (
+        Registry()
+        .add(morning_routine)
+        .add(morning_routine_v2)
+        .add(user_onboarding_v1)
+        .add(user_onboarding_v2)
+    )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from aiki._core.ids import RunId
+from aiki.sdk._validate import check_name, sleep_duration_ms
 
 P = TypeVar("P")
 
@@ -20,6 +21,10 @@ class RunExecution(Protocol):
 
     def call_task(self, task: Any, payload: object) -> Awaitable[Any]:
         """Replay or run `task` (an `aiki.sdk.task.Task`) with `payload`."""
+        ...
+
+    def sleep(self, name: str, duration_ms: int) -> Awaitable[None]:
+        """Sleep durably: replay the sleep `name` or record its wake-up, then wait for it."""
         ...
 
     def now(self) -> datetime:
@@ -71,6 +76,35 @@ class WorkflowRun(Generic[P]):
     def now(self) -> datetime:
         """The current time on the storage clock (UTC)."""
         return self._execution.now()
+
+    async def sleep(self, name: str, duration: timedelta | float) -> None:
+        """Sleep durably: the run resumes after `duration`, even across crashes and restarts.
+
+        The first time the run reaches the sleep, its wake-up time (storage clock) is recorded.
+        A short sleep waits in place; a longer one puts the run in `waiting` and frees the
+        worker until the wake-up time. On replay the recorded wake-up time holds: a sleep that
+        is over returns at once, and a sleep interrupted by a crash is not started over.
+
+        A sleep is identified by its name and how many sleeps of that name came before it in
+        the run, not by its duration: on replay the duration given is not looked at, so a
+        duration computed from `now()` is safe. Like task calls, a sleep reached for the first
+        time while recorded results remain unconsumed fails the run with
+        `NondeterminismError`.
+
+        Args:
+            name: Names the sleep in the run's history (`"coffee"`); a sleep in a loop may
+                keep its name.
+            duration: A `timedelta`, or a number of seconds; zero returns at once (and is
+                recorded all the same).
+
+        Raises:
+            TypeError: `name` is not a str, or `duration` is neither a timedelta nor a number.
+            ValueError: `name` is empty, or `duration` is negative, not finite or too long.
+            asyncio.CancelledError: the run was cancelled while sleeping.
+        """
+        check_name(name, kind=f"workflow {self.name!r}: sleep")
+        duration_ms = sleep_duration_ms(duration, what=f"workflow {self.name!r}: sleep {name!r}")
+        await self._execution.sleep(name, duration_ms)
 
     def __repr__(self) -> str:
         return f"WorkflowRun(id={self.id!r}, name={self.name!r}, version={self.version!r})"

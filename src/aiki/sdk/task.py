@@ -11,7 +11,7 @@ from aiki._core.retry import Retry
 from aiki._core.serde import Decoder, JSONValue
 from aiki.sdk._context import TaskContext, WorkflowRun
 from aiki.sdk._signature import check_single_argument, first_argument_type, return_type
-from aiki.sdk._validate import check_name
+from aiki.sdk._validate import check_task_name
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -29,7 +29,7 @@ class Task(Generic[P, R]):
         run: Callable[[TaskContext[P]], Awaitable[R]] | Callable[[TaskContext[P]], R],
         retry: Retry | None = None,
     ) -> None:
-        self.name = check_name(name, kind="task")
+        self.name = check_task_name(name)
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(
                 f"task {name!r}: retry must be an aiki.Retry, got {type(retry).__name__}"
@@ -117,10 +117,11 @@ def task(
         retry: Retry policy; `Retry.never()` by default.
 
     Raises:
-        ValueError: empty name or invalid retry values.
+        ValueError: empty name, a name in the reserved `aiki.` namespace, or invalid retry
+            values.
         TypeError: `run` does not take exactly one argument.
     """
-    check_name(name, kind="task")
+    check_task_name(name)
     if run is not None:
         return Task(name=name, run=run, retry=retry)
 

@@ -5,14 +5,23 @@ canonical JSON, occurrence). A call whose address holds a final result gets it b
 running; a new call runs the task. A new call made while recorded results are still
 unconsumed means the code no longer matches what was recorded, and the run fails with
 `NondeterminismError` before the new task has any side effect.
+
+A durable sleep is replayed the same way: its first call records its wake-up time (storage
+clock) as a completed task at `aiki.sleep/<name>`, addressed by name and occurrence only (not
+by duration), and every later replay waits for that recorded time.
+
+Short waits (sleeps, retry backoffs) happen in place. A long one parks: it waits in place
+while other branches of the workflow (asyncio.gather) have work in flight, and once nothing
+but parked waits is left, the run suspends until the earliest of them, freeing the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from enum import Enum, auto
 from typing import Any
@@ -21,6 +30,7 @@ from aiki._core.api import EngineApi
 from aiki._core.clock import Clock, to_datetime
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
+    SLEEP_TASK_PREFIX,
     ClaimedRun,
     Lease,
     RunOutcome,
@@ -31,8 +41,9 @@ from aiki._core.models import (
     TaskStart,
     WaitInfo,
     WaitKind,
+    sleep_name,
 )
-from aiki._core.serde import digest, encode, encode_json_value, loads, to_json_value
+from aiki._core.serde import JSONValue, digest, encode, encode_json_value, loads, to_json_value
 from aiki._core.states import RunState
 from aiki.config import WorkflowRunConfig
 from aiki.errors import (
@@ -55,9 +66,13 @@ _START_WRITE_DELAY_S = 0.05
 # results are truly left over (see `_settle`).
 _SETTLE_TURNS = 3
 
+# Every sleep's record has the same payload digest: a sleep is addressed by its name and
+# occurrence, so a duration computed differently on replay (from `now()`) is no divergence.
+_SLEEP_DIGEST = digest("{}")
+
 
 class _Suspended(BaseException):
-    """Unwinds the workflow when the run must wait off the worker (long retry backoff).
+    """Unwinds the workflow when the run must wait off the worker (long retry backoff, sleep).
 
     A BaseException, so `except Exception` in workflow code does not swallow it.
     """
@@ -102,7 +117,15 @@ class RunExecution:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake_at_ms: int | None = None
+        self._wait_kind = WaitKind.RETRY
         self._wait_detail = ""
+        self._suspending = asyncio.Event()  # set with `_wake_at_ms`: wakes parked waits
+        # Long waits (sleeps, retry backoffs) in progress, by id: (until_ms, kind, detail).
+        self._parked: dict[int, tuple[int, WaitKind, str]] = {}
+        self._park_ids = 0
+        self._progress = 0  # moves whenever replay or an operation in flight moves on
+        self._decider: asyncio.Task[None] | None = None
+        self._ended = False
         self._fatal: NondeterminismError | None = None
         self._stop_reason: StopReason | None = None
         self._main: asyncio.Task[None] | None = None
@@ -125,6 +148,9 @@ class RunExecution:
     def call_task(self, task: Any, payload: object) -> Awaitable[Any]:
         return self._call_task(task, payload)
 
+    def sleep(self, name: str, duration_ms: int) -> Awaitable[None]:
+        return self._sleep(name, duration_ms)
+
     # --- running ----------------------------------------------------------------------------
 
     async def execute(self) -> None:
@@ -145,7 +171,9 @@ class RunExecution:
             result = await self._workflow.execute(self._view)
             outcome = self._completed(result)
         except _Suspended:
-            pass
+            if self._stop_reason is StopReason.CANCEL:
+                # Cancelled as the code was unwinding to wait: nothing runs any more either way.
+                outcome = RunOutcome(state=RunState.CANCELLED)
         except asyncio.CancelledError:
             if self._stop_reason is None:
                 raise  # cancelled by something other than the worker: not ours to judge
@@ -153,6 +181,10 @@ class RunExecution:
                 outcome = RunOutcome(state=RunState.CANCELLED)  # storage keeps the reason given
         except Exception as exc:
             outcome = RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(exc))
+        finally:
+            self._ended = True  # what is left of the workflow's branches decides nothing more
+            if self._decider is not None:
+                self._decider.cancel()
         await self._conclude(outcome)
 
     def _completed(self, result: object) -> RunOutcome:
@@ -175,7 +207,7 @@ class RunExecution:
         elif self._wake_at_ms is not None and reason is None:
             await self._idle.wait()  # let sibling attempts (asyncio.gather) record their results
             wait = WaitInfo(
-                kind=WaitKind.RETRY, until_ms=self._wake_at_ms, detail=self._wait_detail
+                kind=self._wait_kind, until_ms=self._wake_at_ms, detail=self._wait_detail
             )
             await self._write(self._api.suspend(self.lease, wait))
             return
@@ -210,24 +242,36 @@ class RunExecution:
             raise _Suspended
         value = to_json_value(payload, what=f"task {task.name!r} payload")
         text = encode_json_value(value, what=f"task {task.name!r} payload", limit=None)
-        key = (task.name, digest(text))
-        index = self._occurrences.get(key, 0)
-        self._occurrences[key] = index + 1
-        address = TaskAddress(task=task.name, digest=key[1], index=index)
+        address = self._next_address(task.name, digest(text))
         record = self._recorded.get(address)
         if record is not None and record.outcome is TaskOutcome.COMPLETED:
-            self._unconsumed -= 1
+            self._consume()
             return task.decode_result(loads(record.result_json or "null"))
         if record is not None and record.outcome is TaskOutcome.FAILED:
-            self._unconsumed -= 1
+            self._consume()
             assert record.error is not None  # a failed record always stores its error
             raise TaskFailedError(task_name=task.name, attempts=record.attempts, error=record.error)
+        async with self._busy():
+            await self._check_new_call(address)
+            first = record.attempts + 1 if record is not None else 1
+            return await self._run_attempts(task, address, value, first)
+
+    def _consume(self) -> None:
+        self._unconsumed -= 1
+        self._progress += 1
+
+    def _next_address(self, task: str, payload_digest: str) -> TaskAddress:
+        key = (task, payload_digest)
+        index = self._occurrences.get(key, 0)
+        self._occurrences[key] = index + 1
+        return TaskAddress(task=task, digest=payload_digest, index=index)
+
+    async def _check_new_call(self, address: TaskAddress) -> None:
+        """A call with nothing recorded at its address may start only once replay is done."""
         if self._unconsumed > 0:
             await self._settle()
             if self._unconsumed > 0:
                 raise self._diverged(address)
-        first = record.attempts + 1 if record is not None else 1
-        return await self._run_attempts(task, address, value, first)
 
     async def _settle(self) -> None:
         """Give concurrent branches of the workflow (asyncio.gather) the chance to replay.
@@ -245,13 +289,13 @@ class RunExecution:
 
     def _diverged(self, address: TaskAddress) -> NondeterminismError:
         left = sorted(
-            f"{a.task!r} (payload {a.digest[:12]}, call {a.index + 1})"
+            _describe(a, call=True)
             for a, r in self._recorded.items()
             if r.outcome is not TaskOutcome.RETRYING and not self._was_consumed(a)
         )
         self._fatal = NondeterminismError(
             f"workflow {self._workflow.name!r} version {self._workflow.version!r}, run "
-            f"{self.run_id}: new call to task {address.task!r} (payload {address.digest[:12]}) "
+            f"{self.run_id}: new call to {_describe(address)} "
             f"while recorded results remain unconsumed: {', '.join(left)}. The workflow code "
             "changed in a way its recorded history cannot replay; deploy it as a new version."
         )
@@ -263,24 +307,92 @@ class RunExecution:
     async def _run_attempts(
         self, task: Task[Any, Any], address: TaskAddress, payload: Any, attempt: int
     ) -> Any:
+        while True:
+            if self._wake_at_ms is not None:
+                raise _Suspended
+            outcome = await self._attempt(task, address, payload, attempt)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            if outcome.delay_ms > self._config.max_inline_retry_delay_ms:
+                wake = self._storage_now_ms() + outcome.delay_ms
+                await self._park(WaitKind.RETRY, wake, task.name)
+            else:
+                await self._clock.sleep_ms(outcome.delay_ms)
+            attempt += 1
+
+    @contextlib.asynccontextmanager
+    async def _busy(self) -> AsyncIterator[None]:
+        """One operation of the workflow in flight: a task call or a sleep, never nested.
+
+        A suspension waits until every operation in flight is parked (see `_park`).
+        """
         self._inflight += 1
+        self._progress += 1
         self._idle.clear()
         try:
-            while True:
-                if self._wake_at_ms is not None:
-                    raise _Suspended
-                outcome = await self._attempt(task, address, payload, attempt)
-                if not isinstance(outcome, _Retry):
-                    return outcome
-                if outcome.delay_ms > self._config.max_inline_retry_delay_ms:
-                    self._request_wait(outcome.delay_ms, task.name)
-                    raise _Suspended
-                await self._clock.sleep_ms(outcome.delay_ms)
-                attempt += 1
+            yield
         finally:
             self._inflight -= 1
+            self._progress += 1
             if self._inflight == 0:
                 self._idle.set()
+            self._consider_suspending()
+
+    # --- waiting off the worker -------------------------------------------------------------
+
+    async def _park(self, kind: WaitKind, until_ms: int, detail: str) -> None:
+        """A long wait (a sleep, a retry backoff) by an operation in flight.
+
+        It waits on this worker's clock while other branches of the workflow (asyncio.gather)
+        still have work in flight: that work must not wait for this. Once every operation in
+        flight is parked, the run suspends until the earliest parked time, freeing the worker,
+        and this raises `_Suspended`; if `until_ms` comes first, this returns.
+        """
+        self._park_ids += 1
+        park_id = self._park_ids
+        self._parked[park_id] = (until_ms, kind, detail)
+        self._progress += 1
+        try:
+            self._consider_suspending()
+            if not await self._wait_inline(self._worker_time_ms(until_ms)):
+                raise _Suspended
+        finally:
+            del self._parked[park_id]
+            self._progress += 1
+
+    def _consider_suspending(self) -> None:
+        """Start `_decide` if every operation in flight is parked."""
+        if (
+            self._decider is None
+            and not self._ended
+            and self._stop_reason is None
+            and self._wake_at_ms is None
+            and self._parked
+            and self._inflight == len(self._parked)
+        ):
+            self._decider = asyncio.create_task(
+                self._decide(), name=f"run {self.run_id} suspension check"
+            )
+
+    async def _decide(self) -> None:
+        """Suspend the run if, for a few loop turns, nothing but parked waits is in flight.
+
+        The turns let branches that are replaying, or between two calls, reach their next
+        call: replayed calls finish without I/O, as in `_settle`.
+        """
+        try:
+            quiet = 0
+            seen = self._progress
+            while quiet < _SETTLE_TURNS:
+                await asyncio.sleep(0)
+                if not self._parked or self._inflight > len(self._parked):
+                    return  # work is in flight again: its end looks again
+                quiet = quiet + 1 if self._progress == seen else 0
+                seen = self._progress
+            until_ms, kind, detail = min(self._parked.values())
+            self._request_wait(kind, until_ms, detail)
+        finally:
+            self._decider = None
 
     async def _attempt(
         self, task: Task[Any, Any], address: TaskAddress, payload: Any, attempt: int
@@ -376,14 +488,103 @@ class RunExecution:
             self.stop(StopReason.LOST)
             raise
 
-    def _request_wait(self, delay_ms: int, detail: str) -> None:
-        wake = self._storage_now_ms() + delay_ms
-        self._wake_at_ms = wake if self._wake_at_ms is None else min(self._wake_at_ms, wake)
-        self._wait_detail = detail
+    def _request_wait(self, kind: WaitKind, until_ms: int, detail: str) -> None:
+        """Have the run wait off the worker until `until_ms` (storage clock), or earlier.
+
+        Parked waits then raise `_Suspended`, and so does any further call. The run wakes at
+        the earliest time asked for; whatever is not due then waits again.
+        """
+        if self._wake_at_ms is None or until_ms < self._wake_at_ms:
+            self._wake_at_ms = until_ms
+            self._wait_kind = kind
+            self._wait_detail = detail
+        self._suspending.set()
 
     def _storage_now_ms(self) -> int:
         # The storage clock as of the claim, moved on by this worker's clock since then.
         return self._claimed.now_ms + (self._clock.now_ms() - self._clock_at_claim)
+
+    def _worker_time_ms(self, storage_ms: int) -> int:
+        """A storage time on this worker's clock (the inverse of `_storage_now_ms`)."""
+        return storage_ms - self._claimed.now_ms + self._clock_at_claim
+
+    # --- sleeps -----------------------------------------------------------------------------
+
+    async def _sleep(self, name: str, duration_ms: int) -> None:
+        if self._wake_at_ms is not None:
+            raise _Suspended
+        address = self._next_address(SLEEP_TASK_PREFIX + name, _SLEEP_DIGEST)
+        record = self._recorded.get(address)
+        async with self._busy():
+            if record is not None and record.outcome is TaskOutcome.COMPLETED:
+                self._consume()
+                until_ms = self._recorded_wake(name, record)
+            else:
+                await self._check_new_call(address)
+                until_ms = await self._record_sleep(address, duration_ms)
+            await self._sleep_until(name, until_ms)
+
+    async def _record_sleep(self, address: TaskAddress, duration_ms: int) -> int:
+        """Record the sleep's wake-up time: one write, before any waiting."""
+        until_ms = self._storage_now_ms() + duration_ms
+        result: JSONValue = {"duration_ms": duration_ms, "until_ms": until_ms}
+        end = TaskEnd(
+            address=address,
+            attempt=1,
+            worker_id=self._worker_id,
+            outcome=TaskOutcome.COMPLETED,
+            duration_ms=duration_ms,  # the history shows how long the sleep is
+            result_json=encode_json_value(result, what="sleep record", limit=None),
+            start_reported=False,
+        )
+        await self._report(end)
+        return until_ms
+
+    def _recorded_wake(self, name: str, record: TaskRecord) -> int:
+        value = loads(record.result_json or "null")
+        until = value.get("until_ms") if isinstance(value, dict) else None
+        if isinstance(until, int) and not isinstance(until, bool):
+            return until
+        self._fatal = NondeterminismError(
+            f"workflow {self._workflow.name!r} version {self._workflow.version!r}, run "
+            f"{self.run_id}: the record of sleep {name!r} holds no wake-up time: "
+            f"{record.result_json}"
+        )
+        raise self._fatal
+
+    async def _sleep_until(self, name: str, until_ms: int) -> None:
+        """Wait for a sleep's wake-up time: in place if it is near, else parked."""
+        while True:
+            remaining = until_ms - self._storage_now_ms()
+            if remaining <= 0:
+                return
+            if self._wake_at_ms is not None:  # the run suspends: wake it in time for this too
+                self._request_wait(WaitKind.SLEEP, until_ms, name)
+                raise _Suspended
+            if remaining > self._config.max_inline_retry_delay_ms:
+                await self._park(WaitKind.SLEEP, until_ms, name)
+                return
+            if await self._wait_inline(self._worker_time_ms(until_ms)):
+                return
+
+    async def _wait_inline(self, deadline_ms: int) -> bool:
+        """Wait on this worker's clock until `deadline_ms`.
+
+        False if the run is to suspend first: the caller then joins that suspension
+        instead of holding it up.
+        """
+        sleeper = asyncio.create_task(
+            self._clock.sleep_until_ms(deadline_ms), name=f"run {self.run_id} sleeping"
+        )
+        suspending = asyncio.create_task(
+            self._suspending.wait(), name=f"run {self.run_id} watching for a suspension"
+        )
+        try:
+            await asyncio.wait((sleeper, suspending), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            suspending.cancel()
+        return not self._suspending.is_set()
 
 
 class _PendingStart:
@@ -447,6 +648,16 @@ class _Retry:
 
     def __init__(self, delay_ms: int) -> None:
         self.delay_ms = delay_ms
+
+
+def _describe(address: TaskAddress, *, call: bool = False) -> str:
+    """A recorded call for a person: `task 'x' (payload 1a2b..., call 2)`, `sleep 'y'`."""
+    sleep = sleep_name(address.task)
+    details = [f"payload {address.digest[:12]}"] if sleep is None else []
+    if call:
+        details.append(f"call {address.index + 1}")
+    what = f"task {address.task!r}" if sleep is None else f"sleep {sleep!r}"
+    return what + (f" ({', '.join(details)})" if details else "")
 
 
 def _retry_delay(task: Task[Any, Any], attempt: int, exc: Exception) -> int | None:

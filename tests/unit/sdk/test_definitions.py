@@ -39,6 +39,9 @@ class FakeExecution:
         self.calls.append((task.name, payload))
         return self.result
 
+    async def sleep(self, name: str, duration_ms: int) -> None:
+        self.calls.append((f"sleep {name}", duration_ms))
+
     def now(self) -> datetime:
         return datetime(2026, 1, 1, tzinfo=UTC)
 
