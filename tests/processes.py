@@ -144,21 +144,35 @@ class Processes:
 
     def server(
         self,
-        db: Path,
+        db: Path | str,
         *,
         port: int | None = None,
         api_key: str | None = None,
         name: str = "server",
+        queue: str | None = None,
+        notify: bool = True,
+        wait: bool = True,
     ) -> Server:
-        """Start `aiki server` on `db` (on `port`, or a free one) and wait until it answers."""
+        """Start `aiki server` on `db` (on `port`, or a free one) and wait until it answers.
+
+        `db` is a SQLite file, or a storage URL as a string (`postgresql://...`); `queue` and
+        `notify` are the server's `--queue` and `--notify/--no-notify`. With `wait=False` it
+        returns at once, to start several side by side: `wait_healthy()` each before use.
+        """
         port = free_port() if port is None else port
-        args = ["server", "--storage", f"sqlite:///{db}", "--host", "127.0.0.1"]
+        storage = f"sqlite:///{db}" if isinstance(db, Path) else db
+        args = ["server", "--storage", storage, "--host", "127.0.0.1"]
         args += ["--port", str(port)]
         if api_key is not None:
             args += ["--api-key", api_key]
+        if queue is not None:
+            args += ["--queue", queue]
+        if not notify:
+            args.append("--no-notify")
         server = Server(self.start(name, args), port)
         self.servers.append(server.proc)
-        self.wait_healthy(server)
+        if wait:
+            self.wait_healthy(server)
         return server
 
     def worker(
@@ -236,23 +250,33 @@ class Processes:
                     raise AssertionError(f"server not healthy after {timeout} s\n{self.describe()}")
                 time.sleep(POLL_S)
 
-    async def until(self, check: Callable[[], bool], what: str, *, timeout: float = 15.0) -> None:
-        """Wait until `check()` is true; fail after `timeout` s, showing every process's output."""
+    async def until(
+        self, check: Callable[[], bool], what: str, *, timeout: float = 15.0, every: float = POLL_S
+    ) -> None:
+        """Wait until `check()` is true; fail after `timeout` s, showing every process's output.
+
+        `every` is how often it looks: longer for a check that costs more (reads a big file).
+        """
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}\n{self.describe()}")
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(every)
 
     async def until_async(
-        self, check: Callable[[], Awaitable[bool]], what: str, *, timeout: float = 15.0
+        self,
+        check: Callable[[], Awaitable[bool]],
+        what: str,
+        *,
+        timeout: float = 15.0,
+        every: float = POLL_S,
     ) -> None:
         """`until()` for a check that asks a server (a run's status or history)."""
         deadline = time.monotonic() + timeout
         while not await check():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}\n{self.describe()}")
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(every)
 
     async def ready(self, worker: Proc, timeout: float = 15.0) -> None:
         """Wait until a worker process has registered and is taking runs."""
@@ -299,6 +323,22 @@ class SideEffects:
             key, task, pid, attempt = line.split()
             rows.append((key, task, int(pid), int(attempt)))
         return rows
+
+    def calls(self, task: str) -> int:
+        """How many calls of `task` (of any run) the log holds, cheaply: nothing is parsed.
+
+        Safe while processes are still writing to the log, as `lines()` is not: a line being
+        written may be read half written.
+        """
+        if not self.path.exists():
+            return 0
+        return self.path.read_text(encoding="utf-8").count(f" {task} ")
+
+    def mark(self) -> int:
+        """How many whole lines the log holds now: `lines()[mark:]` are the calls since."""
+        if not self.path.exists():
+            return 0
+        return self.path.read_bytes().count(b"\n")
 
     def counts(self, key: str) -> Counter[str]:
         """How many times each task ran for the run with this key."""
