@@ -222,8 +222,9 @@ def test_dev_runs_the_examples_and_exits(procs: Processes, tmp_path: Path) -> No
     dev = ["dev", "--storage", f"sqlite:///{db}", "--port", "0", "--exit-when-done"]
     out = ok(procs.run_cli(*dev))
 
-    assert out.count(" completed") == 3
+    assert out.count(" completed") == 4
     assert "HTTP API on http://127.0.0.1:" in out
     assert '"alarm_result": "Wake up!"' in out
     assert "user-onboarding@1.0.0  completed" in out and "user-onboarding@2.0.0  completed" in out
+    assert "morning-routine@2.0.0  completed" in out  # after its durable coffee break
     assert db.exists()

@@ -11,9 +11,11 @@ import click
 
 import aiki
 from aiki import examples
+from aiki._core.models import sleep_name
 from aiki._core.states import RunState
 from aiki.cli._http import HttpServer, stop_event_on_signals
 from aiki.cli._options import storage_option
+from aiki.cli._output import timeline
 
 
 @click.command()
@@ -34,8 +36,8 @@ from aiki.cli._options import storage_option
 def dev(storage: str, host: str, port: int, exit_when_done: bool) -> None:
     """Run Aiki in one process: storage, HTTP server and a worker with the example workflows.
 
-    The example runs (the concept document's morning routine and user onboarding v1 and v2)
-    are enqueued at start and their results and timelines printed.
+    The example runs (the concept document's morning routine, v1 and v2 with a durable sleep,
+    and user onboarding v1 and v2) are enqueued at start and their results and timelines printed.
     """
     asyncio.run(_dev(storage, host, port, exit_when_done))
 
@@ -57,6 +59,8 @@ async def _dev(storage: str, host: str, port: int, exit_when_done: bool) -> None
                 click.echo(f"  - {key}")
             handles: list[aiki.RunHandle[Any]] = [
                 await examples.morning_routine.enqueue(client, payload={"user_id": "123"}),
+                # With a durable two-second coffee break between its tasks.
+                await examples.morning_routine_v2.enqueue(client, payload={"user_id": "123"}),
                 await examples.user_onboarding_v1.enqueue(client, payload={"user_id": "u-1"}),
                 await examples.user_onboarding_v2.enqueue(client, payload={"user_id": "u-2"}),
             ]
@@ -85,6 +89,9 @@ async def _show(handle: aiki.RunHandle[Any]) -> None:
         click.echo(f"  result: {json.dumps(status.result)}")
     elif status.error is not None:
         click.echo(f"  error: {status.error.type}: {status.error.message}")
-    for event in await handle.get_history():
-        detail = event.data.get("task", "")
-        click.echo(f"  {event.at:%H:%M:%S.%f}  {event.kind.value:<16} {detail}")
+    for event, label in timeline(await handle.get_history()):
+        sleep = sleep_name(str(event.data.get("task", "")))
+        detail = (
+            f"{sleep!r} {event.data.get('duration_ms')} ms" if sleep else event.data.get("task", "")
+        )
+        click.echo(f"  {event.at:%H:%M:%S.%f}  {label:<16} {detail}")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from aiki._core.clock import to_datetime
-from aiki._core.models import HistoryEvent, RunStatus
+from aiki._core.models import EventKind, HistoryEvent, RunStatus, sleep_name
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -70,13 +70,32 @@ def describe_run(status: RunStatus, history: list[HistoryEvent]) -> None:
         click.echo(f"cancel    {status.cancel_reason}")
     click.echo("\ntimeline")
     start = history[0].at_ms if history else 0
+    for event, label in timeline(history):
+        click.echo(f"  +{event.at_ms - start:>7} ms  {label:<17} {_event_detail(event)}")
+
+
+def timeline(history: list[HistoryEvent]) -> list[tuple[HistoryEvent, str]]:
+    """The events worth a line each, with their labels: a sleep is one "sleep" line.
+
+    A durable sleep is recorded as a task's start and end (`aiki.sleep/<name>`); shown as
+    such it would read like a task nobody wrote.
+    """
+    lines: list[tuple[HistoryEvent, str]] = []
     for event in history:
-        click.echo(f"  +{event.at_ms - start:>7} ms  {event.kind.value:<17} {_event_detail(event)}")
+        sleep = sleep_name(str(event.data.get("task", "")))
+        if sleep is None:
+            lines.append((event, event.kind.value))
+        elif event.kind is EventKind.TASK_COMPLETED:
+            lines.append((event, "sleep"))
+    return lines
 
 
 def _event_detail(event: HistoryEvent) -> str:
     data = event.data
     parts: list[str] = []
+    sleep = sleep_name(str(data.get("task", "")))
+    if sleep is not None:
+        return f"{sleep!r} for {data.get('duration_ms')} ms"
     if "task" in data:
         parts.append(f"{data['task']}#{data.get('index', 0) + 1} attempt {data.get('attempt')}")
     if data.get("duration_ms") is not None:
@@ -87,6 +106,8 @@ def _event_detail(event: HistoryEvent) -> str:
         parts.append(f"on {data['worker_id']}")
     if data.get("reason"):
         parts.append(f"reason: {data['reason']}")
+    if data.get("kind"):
+        parts.append(str(data["kind"]))
     if data.get("until_ms"):
         parts.append(f"until {when(data['until_ms'])}")
     return "  ".join(parts)

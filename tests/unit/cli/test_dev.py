@@ -16,7 +16,7 @@ def test_dev_runs_the_examples(tmp_path: Path) -> None:
     )
 
     assert result.exit_code == 0, result.output
-    assert result.output.count(" completed") == 3
+    assert result.output.count(" completed") == 4
     assert '"alarm_result": "Wake up!"' in result.output
     assert "user-onboarding@2.0.0" in result.output
     assert db.exists()
