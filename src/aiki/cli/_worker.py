@@ -15,6 +15,7 @@ import aiki
 from aiki.cli._options import api_key_option, server_url_option
 
 _RETRY_START_MS = (100, 30_000)
+_SUBSCRIBER = aiki.SubscriberConfig()  # the defaults
 
 
 def load_registry(spec: str) -> aiki.Registry:
@@ -99,6 +100,32 @@ def _registry_of(target: object, spec: str) -> aiki.Registry:
     envvar="AIKI_GRACE_MS",
     help="How long a stop lets running runs finish [env: AIKI_GRACE_MS].",
 )
+@click.option(
+    "--batch",
+    default=_SUBSCRIBER.max_batch_size,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="AIKI_BATCH",
+    help="Most runs taken in one claim [env: AIKI_BATCH].",
+)
+@click.option(
+    "--poll-interval-ms",
+    default=_SUBSCRIBER.poll_interval_ms,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="AIKI_POLL_INTERVAL_MS",
+    help="While no work comes, how often the server looks at storage again in case a wake-up "
+    "was missed [env: AIKI_POLL_INTERVAL_MS].",
+)
+@click.option(
+    "--max-retry-delay-ms",
+    default=_SUBSCRIBER.max_retry_delay_ms,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="AIKI_MAX_RETRY_DELAY_MS",
+    help="Longest pause between tries while the server cannot be reached "
+    "[env: AIKI_MAX_RETRY_DELAY_MS].",
+)
 def worker_command(
     target: str,
     server_url: str,
@@ -107,33 +134,36 @@ def worker_command(
     concurrency: int,
     heartbeat_ms: int,
     grace_ms: int,
+    batch: int,
+    poll_interval_ms: int,
+    max_retry_delay_ms: int,
 ) -> None:
     """Run a worker for the workflows MODULE:ATTR names (SIGTERM/SIGINT stop it gracefully)."""
     registry = load_registry(target)
-    asyncio.run(_run(registry, server_url, api_key, worker_id, concurrency, heartbeat_ms, grace_ms))
+    options: dict[str, Any] = {
+        "id": worker_id,
+        "max_concurrent_workflow_runs": concurrency,
+        "workflow_run": aiki.WorkflowRunConfig(heartbeat_interval_ms=heartbeat_ms),
+        "workflow_run_subscriber": aiki.SubscriberConfig(
+            max_batch_size=batch,
+            poll_interval_ms=poll_interval_ms,
+            max_retry_delay_ms=max_retry_delay_ms,
+        ),
+        "graceful_shutdown_timeout_ms": grace_ms,
+    }
+    asyncio.run(_run(registry, server_url, api_key, options))
 
 
 async def _run(
-    registry: aiki.Registry,
-    server_url: str,
-    api_key: str | None,
-    worker_id: str | None,
-    concurrency: int,
-    heartbeat_ms: int,
-    grace_ms: int,
+    registry: aiki.Registry, server_url: str, api_key: str | None, options: dict[str, Any]
 ) -> None:
+    """Serve until SIGINT or SIGTERM; `options` are `aiki.worker()`'s."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with await aiki.create_client(url=server_url, api_key=api_key) as client:
-        worker = await aiki.worker(
-            client,
-            id=worker_id,
-            max_concurrent_workflow_runs=concurrency,
-            workflow_run=aiki.WorkflowRunConfig(heartbeat_interval_ms=heartbeat_ms),
-            graceful_shutdown_timeout_ms=grace_ms,
-        )
+        worker = await aiki.worker(client, **options)
         for workflow in registry:
             worker.registry.add(workflow)
         if not await _start(worker, server_url, stop):
@@ -141,6 +171,7 @@ async def _run(
         keys = ", ".join(str(key) for key in worker.registry.keys)
         click.echo(f"Aiki worker {worker.id} serving {keys} from {server_url}")
         await stop.wait()
+        grace_ms = options["graceful_shutdown_timeout_ms"]
         click.echo(f"worker {worker.id} stopping (grace {grace_ms} ms)")
         await worker.stop()
 

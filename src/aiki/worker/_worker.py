@@ -255,7 +255,7 @@ class Worker:
                         self.id, leases, self.run_config.effective_lease_ms
                     )
             except Exception as exc:
-                _log.warning("worker %s: heartbeat failed (%s)", self.id, exc)
+                _log.warning("worker %s: heartbeat failed (%r)", self.id, exc)
                 continue
             for run_id in reply.lost:
                 execution = self._active.get(run_id)
