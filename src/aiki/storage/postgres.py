@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -61,15 +61,30 @@ _SESSION_SETTINGS = {
     # values do not change the best plan, and planning a statement with several CTEs costs
     # more than running it; left to choose, PostgreSQL re-plans some of them every time.
     "plan_cache_mode": "force_generic_plan",
+    # Every statement here finds its rows through an index. A planner that believes a table
+    # small (no statistics yet: a new database, autovacuum off or behind) picks sequential
+    # scans instead, and the generic plans above keep them while the table grows.
+    "enable_seqscan": "off",
 }
+
+
+async def _init_session(conn: asyncpg.Connection[Any]) -> None:
+    """Settings only some servers know; run once per new connection."""
+    if conn.get_server_version() >= (13,):
+        # A claim reads runs_pending in (workflow, version, id) order. An incremental sort can
+        # sort the output of runs_by_workflow into that order, one workflow at a time, and the
+        # planner prices that as if it stopped early; it reads every run of the workflow
+        # (bench/postgres_indexes.py: a 25-page claim read 1,000 pages).
+        await conn.execute("SET enable_incremental_sort = off")
 
 
 async def _keep_session(conn: object) -> None:
     """Return a connection to the pool as it is.
 
     asyncpg's default reset sends `RESET ALL; UNLISTEN *; ...`: one more round trip for every
-    statement. Nothing here changes session state (no SET, LISTEN or session advisory lock;
-    the migration lock is a transaction's), and asyncpg still rolls back a transaction left open.
+    statement. Nothing here changes session state once `_init_session` has set it up (no SET,
+    LISTEN or session advisory lock; the migration lock is a transaction's); a reset would
+    undo that setup. asyncpg still rolls back a transaction left open.
     """
 
 
@@ -161,6 +176,7 @@ class PostgresStorage:
                     command_timeout=self._command_timeout_s,
                     timeout=self._connect_timeout_s,
                     server_settings=_SESSION_SETTINGS,
+                    init=_init_session,
                     reset=_keep_session,
                 )
             except _DRIVER_ERRORS as exc:

@@ -164,7 +164,10 @@ LEFT JOIN LATERAL (
 ORDER BY c.id;
 
 -- name: heartbeat
--- Leases come as two arrays in the caller's order; the reply keeps that order.
+-- Leases come as two arrays in the caller's order; the reply keeps that order. `:running` is
+-- 'running', as a parameter: spelled out, it would let the planner pick the partial index
+-- runs_lease_due and read every running run to find these few; with a parameter only the
+-- primary key (or runs_by_state) finds them.
 WITH clock AS (SELECT aiki_now_ms(:now) AS now),
 lease AS (
     SELECT * FROM unnest(:ids::text[], :revisions::bigint[]) WITH ORDINALITY AS l(id, revision, n)
@@ -173,7 +176,7 @@ extended AS (
     UPDATE runs AS r SET lease_expires_at = clock.now + :lease_ms
     FROM lease, clock
     WHERE r.id = ANY(:ids::text[])  -- a primary-key lookup, however many runs are running
-      AND r.id = lease.id AND r.revision = lease.revision AND r.state = 'running'
+      AND r.id = lease.id AND r.revision = lease.revision AND r.state = :running
     RETURNING r.id, r.cancel_requested
 ),
 worker AS (
