@@ -1,15 +1,20 @@
 """What each `PostgresStorage` method does, as functions of a connection pool.
 
 Each method is one statement, so one round trip and one transaction, except `fire_timers`
-when something is due (see there). The statements write only when their checks pass; when a
+when something is due (see there). The hot writes (enqueue, task starts and ends, run ends)
+go through a `WriteBatcher` of their kind, which sends concurrent ones as one statement over
+arrays, one element per call: each call's checks and effects are its own, they only share
+the round trip and the commit. The statements write only when their checks pass; when a
 worker write is refused, the statement says why, and the same error as SQLite's is raised here,
 from the same state machine. `now` is a test clock's reading, or None for the database clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -47,7 +52,7 @@ from aiki.errors import (
     RunNotFoundError,
     StorageError,
 )
-from aiki.storage._postgres_schema import Query, load_postgres_queries
+from aiki.storage._postgres_schema import Query, WriteBatcher, load_postgres_queries
 
 # Strings: the stubs make these generic; asyncpg's classes are not subscriptable at run time.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
@@ -83,6 +88,8 @@ def _allowed_states(action: RunAction) -> list[str]:
 
 
 _ALLOWED = {action: _allowed_states(action) for action in RunAction}
+# The same for a batched statement, which takes them as one text per call.
+_ALLOWED_TEXT = {action: ",".join(states) for action, states in _ALLOWED.items()}
 # A pending or waiting run is cancelled at once; a running one is only flagged for its worker.
 _CANCEL_NOW = [state for state in _ALLOWED[RunAction.CANCEL] if state != RunState.RUNNING]
 
@@ -90,10 +97,10 @@ _CANCEL_NOW = [state for state in _ALLOWED[RunAction.CANCEL] if state != RunStat
 def _check_fixed_states() -> None:
     """Fail at import if the state machine no longer matches the states queries.sql names.
 
-    Claims, task writes and timers spell their states out ('pending', 'running', 'waiting') so
-    that the partial indexes apply; heartbeats take 'running' as a parameter so that they don't
-    (see heartbeat in queries.sql); the other changes take `:allowed` from the state machine at
-    run time.
+    Claims and timers spell their states out ('pending', 'running', 'waiting') so that the
+    partial indexes apply; task writes and heartbeats take 'running' as a parameter so that
+    they don't (see start_task in queries.sql); the other changes take `:allowed` from the
+    state machine at run time.
     """
     fixed = {
         RunAction.CLAIM: ([RunState.PENDING], RunState.RUNNING),
@@ -106,6 +113,55 @@ def _check_fixed_states() -> None:
 
 
 _check_fixed_states()
+
+
+# --- batched writes -----------------------------------------------------------------------------
+
+# The array parameters of each batched statement, in the order each call gives its values.
+_ENQUEUE = ("ids", "nows", "workflows", "versions", "payloads", "idempotency_keys")
+_START_TASK = ("ids", "revisions", "nows", "data")
+_FINISH_TASK = (
+    "ids", "revisions", "nows", "tasks", "digests", "indexes", "outcomes", "attempts",
+    "results", "errors", "kinds", "data", "start_data",
+)  # fmt: skip
+_FINISH = (
+    "ids", "revisions", "nows", "allowed", "states", "kinds", "results", "errors", "reasons",
+    "error_data",
+)  # fmt: skip
+# Task writes need a running run; see start_task in queries.sql for why this is a parameter.
+_TASK_WRITE_STATE = {"running": RunState.RUNNING.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Writers:
+    """One `WriteBatcher` per batched write; `max_flushes` statements of each kind at once."""
+
+    enqueue: WriteBatcher
+    start_task: WriteBatcher
+    finish_task: WriteBatcher
+    finish: WriteBatcher
+
+    @classmethod
+    def create(cls, *, max_flushes: int) -> Writers:
+        return cls(
+            enqueue=WriteBatcher(Q["enqueue"], _ENQUEUE, max_flushes=max_flushes),
+            start_task=WriteBatcher(
+                Q["start_task"], _START_TASK, _TASK_WRITE_STATE, max_flushes=max_flushes
+            ),
+            finish_task=WriteBatcher(
+                Q["finish_task"], _FINISH_TASK, _TASK_WRITE_STATE, max_flushes=max_flushes
+            ),
+            finish=WriteBatcher(Q["finish"], _FINISH, max_flushes=max_flushes),
+        )
+
+    async def drain(self) -> None:
+        """Wait until every write handed in has run."""
+        await asyncio.gather(
+            self.enqueue.drain(),
+            self.start_task.drain(),
+            self.finish_task.drain(),
+            self.finish.drain(),
+        )
 
 
 # --- rows and JSON ----------------------------------------------------------------------------
@@ -192,19 +248,18 @@ async def now_ms(db: Pool) -> int:
     return value
 
 
-async def enqueue(db: Pool, now: int | None, new: NewRun) -> Enqueued:
+async def enqueue(db: Pool, writers: Writers, now: int | None, new: NewRun) -> Enqueued:
     run_id = new_run_id()
-    row = await _fetchone(
+    key = new.idempotency_key
+    row = await writers.enqueue.write(
         db,
-        "enqueue",
-        now=now,
-        id=run_id,
-        workflow=new.workflow,
-        version=new.version,
-        payload=new.payload_json,
-        idempotency_key=new.idempotency_key,
+        # One key at a time: a second enqueue with it must see the first's run.
+        run_id if key is None else (new.workflow, new.version, key),
+        (run_id, now, new.workflow, new.version, new.payload_json, key),
     )
-    created_at: int | None = row[0]
+    if row is None:
+        raise StorageError("PostgreSQL returned no row for enqueue")
+    created_at: int | None = row[1]
     if created_at is not None:
         run = RunStatus(
             id=run_id,
@@ -212,15 +267,14 @@ async def enqueue(db: Pool, now: int | None, new: NewRun) -> Enqueued:
             version=new.version,
             state=RunState.PENDING,
             payload=loads(new.payload_json),
-            idempotency_key=new.idempotency_key,
+            idempotency_key=key,
             created_at_ms=created_at,
             updated_at_ms=created_at,
         )
         return Enqueued(run=run, created=True)
-    key = new.idempotency_key
     assert key is not None  # only a key can conflict
-    if row[1] is not None:
-        existing, start = row, 1
+    if row[2] is not None:
+        existing, start = row, 2
     else:
         # The run holding the key was committed after this statement's snapshot was taken (the
         # INSERT waited for it): a new statement sees it.
@@ -394,21 +448,20 @@ def _task_data(address: TaskAddress, attempt: int, worker_id: WorkerId) -> dict[
     }
 
 
-async def start_task(db: Pool, now: int | None, lease: Lease, start: TaskStart) -> None:
+async def start_task(
+    db: Pool, writers: Writers, now: int | None, lease: Lease, start: TaskStart
+) -> None:
     data = _task_data(start.address, start.attempt, start.worker_id)
-    held = await _fetchval(
-        db,
-        "start_task",
-        now=now,
-        id=lease.run_id,
-        revision=lease.revision,
-        data=_json(data),
+    row = await writers.start_task.write(
+        db, lease.run_id, (lease.run_id, lease.revision, now, _json(data))
     )
-    if not held:
+    if row is None:
         raise LeaseLostError(lease.run_id, lease.revision)
 
 
-async def finish_task(db: Pool, now: int | None, lease: Lease, end: TaskEnd) -> bool:
+async def finish_task(
+    db: Pool, writers: Writers, now: int | None, lease: Lease, end: TaskEnd
+) -> bool:
     address = end.address
     kind = (
         EventKind.TASK_COMPLETED if end.outcome is TaskOutcome.COMPLETED else EventKind.TASK_FAILED
@@ -423,26 +476,28 @@ async def finish_task(db: Pool, now: int | None, lease: Lease, end: TaskEnd) -> 
         "final": end.outcome is TaskOutcome.FAILED,
         "retry_delay_ms": end.retry_delay_ms,
     }
-    rows = await _fetch(
+    row = await writers.finish_task.write(
         db,
-        "finish_task",
-        now=now,
-        id=lease.run_id,
-        revision=lease.revision,
-        task=address.task,
-        digest=address.digest,
-        idx=address.index,
-        outcome=end.outcome.value,
-        attempts=end.attempt,
-        result=end.result_json,
-        error=_error_text(end.error),
-        kind=kind.value,
-        data=_json(data),
-        start_data=start_data,
+        lease.run_id,
+        (
+            lease.run_id,
+            lease.revision,
+            now,
+            address.task,
+            address.digest,
+            address.index,
+            end.outcome.value,
+            end.attempt,
+            end.result_json,
+            _error_text(end.error),
+            kind.value,
+            _json(data),
+            start_data,
+        ),
     )
-    if not rows:
+    if row is None:
         raise LeaseLostError(lease.run_id, lease.revision)
-    cancel_requested: bool = rows[0][0]
+    cancel_requested: bool = row[1]
     return cancel_requested
 
 
@@ -492,27 +547,34 @@ async def release(db: Pool, now: int | None, lease: Lease) -> None:
         _refused(lease, RunAction.RELEASE, state, revision)
 
 
-async def finish(db: Pool, now: int | None, lease: Lease, outcome: RunOutcome) -> RunStatus:
+async def finish(
+    db: Pool, writers: Writers, now: int | None, lease: Lease, outcome: RunOutcome
+) -> RunStatus:
     action = _END_ACTIONS[outcome.state]
     target = TARGET[action]
     error = _error_text(outcome.error)
-    row = await _fetchone(
+    row = await writers.finish.write(
         db,
-        "finish",
-        now=now,
-        id=lease.run_id,
-        revision=lease.revision,
-        allowed=_ALLOWED[action],
-        state=target.value,
-        kind=_END_EVENTS[target].value,
-        result=outcome.result_json,
-        error=error,
-        reason=outcome.reason,
-        error_data=None if error is None else f'{{"error":{error}}}',
+        lease.run_id,
+        (
+            lease.run_id,
+            lease.revision,
+            now,
+            _ALLOWED_TEXT[action],
+            target.value,
+            _END_EVENTS[target].value,
+            outcome.result_json,
+            error,
+            outcome.reason,
+            None if error is None else f'{{"error":{error}}}',
+        ),
     )
-    if row[2] is None:
-        _refused(lease, action, row[0], row[1])
-    return run_from_row(row, 2)
+    if row is None:
+        raise StorageError("PostgreSQL returned no row for finish")
+    if row[1] is not None:
+        return run_from_row(row, 1)
+    _refused(lease, action, row[24], row[31])  # the run as the snapshot saw it: from column 21
+    raise AssertionError("unreachable: _refused raises")
 
 
 async def register_worker(

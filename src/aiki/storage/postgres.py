@@ -67,6 +67,11 @@ _SESSION_SETTINGS = {
     "enable_seqscan": "off",
 }
 
+# Statements of one batched write kind (enqueue, task start, task end, run end) in flight at
+# once. Each takes every call of its kind queued since the last one went: under load, calls
+# share round trips and commits; two let one statement execute while the other commits.
+_WRITE_FLUSHES = 2
+
 
 async def _init_session(conn: asyncpg.Connection[Any]) -> None:
     """Settings only some servers know; run once per new connection."""
@@ -93,7 +98,9 @@ class PostgresStorage:
 
     Use it as an async context manager, or call `open()` and `close()`. Opening creates the
     pool and applies pending migrations. Each method is one transaction (and, but for
-    `fire_timers` with work to do, one statement: one round trip).
+    `fire_timers` with work to do, one statement: one round trip). Concurrent enqueues, task
+    starts, task ends and run ends share their statement and commit with others of their
+    kind: one round trip for many calls, each with its own checks and result.
 
     Args:
         dsn: a libpq connection URL, `postgresql://user:password@host:port/database`.
@@ -129,6 +136,7 @@ class PostgresStorage:
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._pool: ops.Pool | None = None
+        self._writers = ops.Writers.create(max_flushes=_WRITE_FLUSHES)
         self._lifecycle = asyncio.Lock()  # open() and close() one at a time
         self._calls = 0  # calls in progress: close() waits for them
         self._idle = asyncio.Event()
@@ -198,6 +206,7 @@ class PostgresStorage:
             if pool is None:
                 return
             await self._idle.wait()
+            await self._writers.drain()  # writes whose callers have stopped waiting
             try:
                 await asyncio.wait_for(pool.close(), timeout=self._command_timeout_s)
             except _DRIVER_ERRORS:
@@ -232,7 +241,7 @@ class PostgresStorage:
     async def enqueue(self, new: NewRun) -> Enqueued:
         """See `Storage.enqueue`."""
         now = self._now()
-        return await self._call(lambda db: ops.enqueue(db, now, new))
+        return await self._call(lambda db: ops.enqueue(db, self._writers, now, new))
 
     async def get_run(self, run_id: RunId) -> RunStatus | None:
         """See `Storage.get_run`."""
@@ -278,12 +287,12 @@ class PostgresStorage:
     async def start_task(self, lease: Lease, start: TaskStart) -> None:
         """See `Storage.start_task`."""
         now = self._now()
-        await self._call(lambda db: ops.start_task(db, now, lease, start))
+        await self._call(lambda db: ops.start_task(db, self._writers, now, lease, start))
 
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
         """See `Storage.finish_task`."""
         now = self._now()
-        return await self._call(lambda db: ops.finish_task(db, now, lease, end))
+        return await self._call(lambda db: ops.finish_task(db, self._writers, now, lease, end))
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         """See `Storage.suspend`."""
@@ -298,7 +307,7 @@ class PostgresStorage:
     async def finish(self, lease: Lease, outcome: RunOutcome) -> RunStatus:
         """See `Storage.finish`."""
         now = self._now()
-        return await self._call(lambda db: ops.finish(db, now, lease, outcome))
+        return await self._call(lambda db: ops.finish(db, self._writers, now, lease, outcome))
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         """See `Storage.cancel`."""

@@ -25,37 +25,47 @@ FROM runs
 WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempotency_key;
 
 -- name: enqueue
--- Insert unless the idempotency key is taken; `created_at` is NULL when it was. The run holding
--- the key comes along when this statement's snapshot sees it; when it was committed by a
--- concurrent enqueue after the snapshot (ON CONFLICT waited for it), the caller reads it with
--- find_by_idempotency_key.
-WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+-- Runs to create, one per element of the arrays (the caller puts an idempotency key at most
+-- once in one statement); one row per element comes back, `n` its position. A run whose key is
+-- taken is not inserted and its `created_at` is NULL. The run holding the key comes along when
+-- this statement's snapshot sees it; when it was committed by a concurrent enqueue after the
+-- snapshot (ON CONFLICT waited for it), the caller reads it with find_by_idempotency_key.
+WITH req AS (
+    SELECT *
+    FROM unnest(:ids::text[], :nows::bigint[], :workflows::text[], :versions::text[],
+                :payloads::text[], :idempotency_keys::text[]) WITH ORDINALITY
+         AS r(id, now, workflow, version, payload, idempotency_key, n)
+),
 inserted AS (
     INSERT INTO runs (id, workflow, version, state, payload, idempotency_key, last_seq,
                       created_at, updated_at)
-    SELECT :id, :workflow, :version, 'pending', :payload, :idempotency_key, 1, now, now
-    FROM clock
+    SELECT id, workflow, version, 'pending', payload::json, idempotency_key, 1,
+           aiki_now_ms(now), aiki_now_ms(now)
+    FROM req
     ON CONFLICT (workflow, version, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
-    RETURNING id, created_at
+    RETURNING id, workflow, version, created_at
 ),
 known_workflow AS (
     INSERT INTO workflows (name, version, first_seen)
-    SELECT :workflow, :version, created_at FROM inserted
+    SELECT workflow, version, min(created_at) FROM inserted GROUP BY workflow, version
     ON CONFLICT DO NOTHING
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state)
     SELECT id, 1, created_at, 'run_enqueued', 'pending' FROM inserted
 )
-SELECT (SELECT created_at FROM inserted) AS created_at, existing.*
-FROM (SELECT 1) AS one
+SELECT req.n, inserted.created_at, existing.*
+FROM req
+LEFT JOIN inserted ON inserted.id = req.id
 LEFT JOIN LATERAL (
     SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
            recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
            lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
     FROM runs
-    WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempotency_key
+    WHERE inserted.id IS NULL
+      AND workflow = req.workflow AND version = req.version
+      AND idempotency_key = req.idempotency_key
 ) AS existing ON true;
 
 -- name: get_history
@@ -165,9 +175,7 @@ ORDER BY c.id;
 
 -- name: heartbeat
 -- Leases come as two arrays in the caller's order; the reply keeps that order. `:running` is
--- 'running', as a parameter: spelled out, it would let the planner pick the partial index
--- runs_lease_due and read every running run to find these few; with a parameter only the
--- primary key (or runs_by_state) finds them.
+-- 'running', a parameter for the reason start_task gives.
 WITH clock AS (SELECT aiki_now_ms(:now) AS now),
 lease AS (
     SELECT * FROM unnest(:ids::text[], :revisions::bigint[]) WITH ORDINALITY AS l(id, revision, n)
@@ -190,46 +198,69 @@ FROM lease LEFT JOIN extended ON extended.id = lease.id
 ORDER BY lease.n;
 
 -- name: start_task
--- `held` finds no row unless the lease is current and the run running: then nothing is written.
-WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+-- Task starts, one per element of the arrays (at most one per run), each written only if its
+-- lease is current and the run running: the rows returned are those written, `n` their
+-- position. `:running` is 'running', as a parameter: spelled out, it would let the planner
+-- pick the partial index runs_lease_due and read every running run to find these few.
+WITH req AS (
+    SELECT *
+    FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :data::text[])
+         WITH ORDINALITY AS r(id, revision, now, data, n)
+),
 held AS (
-    UPDATE runs SET last_seq = last_seq + 1
-    WHERE id = :id AND revision = :revision AND state = 'running'
-    RETURNING id, last_seq
+    UPDATE runs SET last_seq = runs.last_seq + 1
+    FROM req
+    WHERE runs.id = ANY(:ids::text[])
+      AND runs.id = req.id AND runs.revision = req.revision AND runs.state = :running
+    RETURNING req.n, runs.id, runs.last_seq, aiki_now_ms(req.now) AS at, req.data
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
-    SELECT id, last_seq, now, 'task_started', 'running', :data FROM held, clock
+    SELECT id, last_seq, at, 'task_started', 'running', data::json FROM held
 )
-SELECT count(*) FROM held;
+SELECT n FROM held;
 
 -- name: finish_task
--- `:start_data` is the attempt's start event when the worker did not write it (a quick task):
--- it gets the seq before the end's.
-WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+-- Task ends, one per element of the arrays (at most one per run), each written only if its
+-- lease is current and the run running (`:running` as in start_task): the rows returned are
+-- those written, `n` their position. A `start_data` is the attempt's start event when the
+-- worker did not write it (a quick task): it gets the seq before the end's.
+WITH req AS (
+    SELECT *
+    FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :tasks::text[],
+                :digests::text[], :indexes::int[], :outcomes::text[], :attempts::int[],
+                :results::text[], :errors::text[], :kinds::text[], :data::text[],
+                :start_data::text[]) WITH ORDINALITY
+         AS r(id, revision, now, task, digest, idx, outcome, attempts, result, error, kind, data,
+              start_data, n)
+),
 held AS (
-    UPDATE runs SET last_seq = last_seq + 1 + (:start_data::json IS NOT NULL)::int
-    WHERE id = :id AND revision = :revision AND state = 'running'
-    RETURNING id, last_seq, cancel_requested
+    UPDATE runs SET last_seq = runs.last_seq + 1 + (req.start_data IS NOT NULL)::int
+    FROM req
+    WHERE runs.id = ANY(:ids::text[])
+      AND runs.id = req.id AND runs.revision = req.revision AND runs.state = :running
+    RETURNING req.n, runs.id, runs.last_seq, runs.cancel_requested, aiki_now_ms(req.now) AS at,
+              req.task, req.digest, req.idx, req.outcome, req.attempts, req.result, req.error,
+              req.kind, req.data, req.start_data
 ),
 recorded AS (
     INSERT INTO task_results (run_id, task, digest, idx, outcome, attempts, result, error,
                               updated_at)
-    SELECT id, :task, :digest, :idx, :outcome, :attempts, :result, :error, now
-    FROM held, clock
+    SELECT id, task, digest, idx, outcome, attempts, result::json, error::json, at
+    FROM held
     ON CONFLICT (run_id, task, digest, idx) DO UPDATE
     SET outcome = excluded.outcome, attempts = excluded.attempts, result = excluded.result,
         error = excluded.error, updated_at = excluded.updated_at
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
-    SELECT id, last_seq - 1, now, 'task_started', 'running', :start_data::json
-    FROM held, clock
-    WHERE :start_data::json IS NOT NULL
+    SELECT id, last_seq - 1, at, 'task_started', 'running', start_data::json
+    FROM held
+    WHERE start_data IS NOT NULL
     UNION ALL
-    SELECT id, last_seq, now, :kind, 'running', :data FROM held, clock
+    SELECT id, last_seq, at, kind, 'running', data::json FROM held
 )
-SELECT cancel_requested FROM held;
+SELECT n, cancel_requested FROM held;
 
 -- name: suspend
 -- `:allowed` lists the states the state machine lets a run suspend from. `cur` is the
@@ -278,37 +309,67 @@ SELECT (SELECT count(*) FROM changed) AS changed, cur.state, cur.revision
 FROM (SELECT 1) AS one LEFT JOIN cur ON true;
 
 -- name: finish
--- Completed, failed or cancelled: a final state; the lease and any wait end with it. A
--- cancelled run's event names its reason: the one given, else the one its cancel request gave.
-WITH clock AS (SELECT aiki_now_ms(:now) AS now),
-cur AS (SELECT state, revision FROM runs WHERE id = :id),
+-- Runs to end, one per element of the arrays (at most one per run): completed, failed or
+-- cancelled, each from the states its `allowed` lists (comma-separated, from the state
+-- machine); the lease and any wait end with it. A cancelled run's event names its reason: the
+-- one given, else the one its cancel request gave. One row per element comes back, `n` its
+-- position: the run as this statement's snapshot saw it (`cur`: why nothing changed) and, if
+-- it changed, as it is now.
+WITH req AS (
+    SELECT *
+    FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :allowed::text[],
+                :states::text[], :kinds::text[], :results::text[], :errors::text[],
+                :reasons::text[], :error_data::text[]) WITH ORDINALITY
+         AS r(id, revision, now, allowed, state, kind, result, error, reason, error_data, n)
+),
+cur AS (
+    SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+           recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+           lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+    FROM runs
+    WHERE id = ANY(:ids::text[])
+),
 changed AS (
     UPDATE runs
-    SET state = :state, revision = revision + 1, result = :result, error = :error,
-        cancel_reason = COALESCE(:reason, cancel_reason),
+    SET state = req.state, revision = runs.revision + 1, result = req.result::json,
+        error = req.error::json, cancel_reason = COALESCE(req.reason, runs.cancel_reason),
         wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
-        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
-        last_seq = last_seq + 1
-    FROM clock
-    WHERE id = :id AND revision = :revision AND state = ANY(:allowed::text[])
-    RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-              recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-              lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at, last_seq
+        worker_id = NULL, lease_expires_at = NULL, updated_at = aiki_now_ms(req.now),
+        last_seq = runs.last_seq + 1
+    FROM req
+    WHERE runs.id = ANY(:ids::text[])
+      AND runs.id = req.id AND runs.revision = req.revision
+      AND runs.state = ANY(string_to_array(req.allowed, ','))
+    RETURNING req.n, req.kind, req.error_data,
+              runs.id, runs.workflow, runs.version, runs.state, runs.payload, runs.result,
+              runs.error, runs.idempotency_key, runs.attempt, runs.recovery_attempts,
+              runs.revision, runs.wait_kind, runs.wait_until, runs.wait_detail, runs.worker_id,
+              runs.lease_expires_at, runs.cancel_requested, runs.cancel_reason, runs.created_at,
+              runs.updated_at, runs.last_seq
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
-    SELECT id, last_seq, updated_at, :kind, :state,
+    SELECT id, last_seq, updated_at, kind, state,
            CASE
-               WHEN :state <> 'cancelled' THEN :error_data::json
-               WHEN :error::json IS NULL THEN json_build_object('reason', cancel_reason)
-               ELSE json_build_object('error', :error::json, 'reason', cancel_reason)
+               WHEN state <> 'cancelled' THEN error_data::json
+               WHEN error IS NULL THEN json_build_object('reason', cancel_reason)
+               ELSE json_build_object('error', error, 'reason', cancel_reason)
            END
     FROM changed
 )
-SELECT cur.state AS current_state, cur.revision AS current_revision, changed.*
-FROM (SELECT 1) AS one
-LEFT JOIN cur ON true
-LEFT JOIN changed ON true;
+SELECT req.n,
+       changed.id, changed.workflow, changed.version, changed.state, changed.payload,
+       changed.result, changed.error, changed.idempotency_key, changed.attempt,
+       changed.recovery_attempts, changed.revision, changed.wait_kind, changed.wait_until,
+       changed.wait_detail, changed.worker_id, changed.lease_expires_at,
+       changed.cancel_requested, changed.cancel_reason, changed.created_at, changed.updated_at,
+       cur.id, cur.workflow, cur.version, cur.state, cur.payload, cur.result, cur.error,
+       cur.idempotency_key, cur.attempt, cur.recovery_attempts, cur.revision, cur.wait_kind,
+       cur.wait_until, cur.wait_detail, cur.worker_id, cur.lease_expires_at,
+       cur.cancel_requested, cur.cancel_reason, cur.created_at, cur.updated_at
+FROM req
+LEFT JOIN cur ON cur.id = req.id
+LEFT JOIN changed ON changed.n = req.n;
 
 -- name: cancel
 -- A running run is flagged for its worker (once); a pending or waiting one (`:allowed`) ends
