@@ -119,7 +119,7 @@ _check_fixed_states()
 
 # The array parameters of each batched statement, in the order each call gives its values.
 _ENQUEUE = ("ids", "nows", "workflows", "versions", "payloads", "idempotency_keys")
-_START_TASK = ("ids", "revisions", "nows", "data")
+_START_TASK = ("ids", "revisions", "nows", "tasks", "digests", "indexes", "attempts", "data")
 _FINISH_TASK = (
     "ids", "revisions", "nows", "tasks", "digests", "indexes", "outcomes", "attempts",
     "results", "errors", "kinds", "data", "start_data",
@@ -451,9 +451,21 @@ def _task_data(address: TaskAddress, attempt: int, worker_id: WorkerId) -> dict[
 async def start_task(
     db: Pool, writers: Writers, now: int | None, lease: Lease, start: TaskStart
 ) -> None:
-    data = _task_data(start.address, start.attempt, start.worker_id)
+    address = start.address
+    data = _task_data(address, start.attempt, start.worker_id)
     row = await writers.start_task.write(
-        db, lease.run_id, (lease.run_id, lease.revision, now, _json(data))
+        db,
+        lease.run_id,
+        (
+            lease.run_id,
+            lease.revision,
+            now,
+            address.task,
+            address.digest,
+            address.index,
+            start.attempt,
+            _json(data),
+        ),
     )
     if row is None:
         raise LeaseLostError(lease.run_id, lease.revision)
@@ -501,6 +513,17 @@ async def finish_task(
     return cancel_requested
 
 
+def _sent_again(lease: Lease, target: RunState, state: str | None, revision: int | None) -> bool:
+    """Whether `lease`'s holder already moved the run to `target`: its write, sent again.
+
+    A worker sends a write again when the reply to the first was lost (the server died, the
+    connection dropped). A write that ends a lease bumps the revision once; finding the run in
+    the state it asked for, one revision on, means the first one was applied. `state` and
+    `revision` are the run as the refused statement's snapshot saw it.
+    """
+    return state == target.value and revision == lease.revision + 1
+
+
 def _refused(lease: Lease, action: RunAction, state: str | None, revision: int | None) -> None:
     """Raise what SQLite raises for a refused state change: a lost lease, else the state machine.
 
@@ -529,7 +552,7 @@ async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> No
         data=_json(data),
     )
     changed, state, revision = row
-    if not changed:
+    if not changed and not _sent_again(lease, RunState.WAITING, state, revision):
         _refused(lease, RunAction.SUSPEND, state, revision)
 
 
@@ -543,7 +566,7 @@ async def release(db: Pool, now: int | None, lease: Lease) -> None:
         allowed=_ALLOWED[RunAction.RELEASE],
     )
     changed, state, revision = row
-    if not changed:
+    if not changed and not _sent_again(lease, RunState.PENDING, state, revision):
         _refused(lease, RunAction.RELEASE, state, revision)
 
 
@@ -573,7 +596,10 @@ async def finish(
         raise StorageError("PostgreSQL returned no row for finish")
     if row[1] is not None:
         return run_from_row(row, 1)
-    _refused(lease, action, row[24], row[31])  # the run as the snapshot saw it: from column 21
+    state, revision = row[24], row[31]  # the run's columns as the snapshot saw it: from 21
+    if _sent_again(lease, target, state, revision):
+        return run_from_row(row, 21)  # this end, sent again after its reply was lost
+    _refused(lease, action, state, revision)
     raise AssertionError("unreachable: _refused raises")
 
 

@@ -198,33 +198,52 @@ FROM lease LEFT JOIN extended ON extended.id = lease.id
 ORDER BY lease.n;
 
 -- name: start_task
--- Task starts, one per element of the arrays (at most one per run), each written only if its
--- lease is current and the run running: the rows returned are those written, `n` their
--- position. `:running` is 'running', as a parameter: spelled out, it would let the planner
--- pick the partial index runs_lease_due and read every running run to find these few.
+-- Task starts, one per element of the arrays (at most one per run), each taken only if its
+-- lease is current and the run running: the rows returned are those taken, `n` their
+-- position. A start that is already the run's last event is the same start sent again (its
+-- reply was lost): it is taken, and written no second time. `:running` is 'running', as a
+-- parameter: spelled out, it would let the planner pick the partial index runs_lease_due and
+-- read every running run to find these few.
 WITH req AS (
     SELECT *
-    FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :data::text[])
-         WITH ORDINALITY AS r(id, revision, now, data, n)
+    FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :tasks::text[],
+                :digests::text[], :indexes::int[], :attempts::int[], :data::text[])
+         WITH ORDINALITY AS r(id, revision, now, task, digest, idx, attempt, data, n)
 ),
 held AS (
+    SELECT req.*, runs.last_seq
+    FROM req JOIN runs ON runs.id = req.id
+    WHERE runs.id = ANY(:ids::text[]) AND runs.revision = req.revision AND runs.state = :running
+    FOR UPDATE OF runs
+),
+fresh AS (
+    SELECT * FROM held
+    WHERE NOT EXISTS (
+        SELECT 1 FROM history AS h
+        WHERE h.run_id = held.id AND h.seq = held.last_seq AND h.kind = 'task_started'
+          AND h.data ->> 'task' = held.task AND h.data ->> 'digest' = held.digest
+          AND (h.data ->> 'index')::int = held.idx AND (h.data ->> 'attempt')::int = held.attempt
+    )
+),
+written AS (
     UPDATE runs SET last_seq = runs.last_seq + 1
-    FROM req
-    WHERE runs.id = ANY(:ids::text[])
-      AND runs.id = req.id AND runs.revision = req.revision AND runs.state = :running
-    RETURNING req.n, runs.id, runs.last_seq, aiki_now_ms(req.now) AS at, req.data
+    FROM fresh
+    WHERE runs.id = ANY(:ids::text[]) AND runs.id = fresh.id
+    RETURNING runs.id, runs.last_seq, aiki_now_ms(fresh.now) AS at, fresh.data
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
-    SELECT id, last_seq, at, 'task_started', 'running', data::json FROM held
+    SELECT id, last_seq, at, 'task_started', 'running', data::json FROM written
 )
 SELECT n FROM held;
 
 -- name: finish_task
--- Task ends, one per element of the arrays (at most one per run), each written only if its
+-- Task ends, one per element of the arrays (at most one per run), each taken only if its
 -- lease is current and the run running (`:running` as in start_task): the rows returned are
--- those written, `n` their position. A `start_data` is the attempt's start event when the
--- worker did not write it (a quick task): it gets the seq before the end's.
+-- those taken, `n` their position. An end whose outcome and attempt are already recorded for
+-- its task is the same end sent again (its reply was lost): it is taken, and written no second
+-- time. A `start_data` is the attempt's start event when the worker did not write it (a quick
+-- task): it gets the seq before the end's.
 WITH req AS (
     SELECT *
     FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :tasks::text[],
@@ -235,19 +254,32 @@ WITH req AS (
               start_data, n)
 ),
 held AS (
-    UPDATE runs SET last_seq = runs.last_seq + 1 + (req.start_data IS NOT NULL)::int
-    FROM req
-    WHERE runs.id = ANY(:ids::text[])
-      AND runs.id = req.id AND runs.revision = req.revision AND runs.state = :running
-    RETURNING req.n, runs.id, runs.last_seq, runs.cancel_requested, aiki_now_ms(req.now) AS at,
-              req.task, req.digest, req.idx, req.outcome, req.attempts, req.result, req.error,
-              req.kind, req.data, req.start_data
+    SELECT req.*, runs.cancel_requested
+    FROM req JOIN runs ON runs.id = req.id
+    WHERE runs.id = ANY(:ids::text[]) AND runs.revision = req.revision AND runs.state = :running
+    FOR UPDATE OF runs
+),
+fresh AS (
+    SELECT * FROM held
+    WHERE NOT EXISTS (
+        SELECT 1 FROM task_results AS t
+        WHERE t.run_id = held.id AND t.task = held.task AND t.digest = held.digest
+          AND t.idx = held.idx AND t.outcome = held.outcome AND t.attempts = held.attempts
+    )
+),
+written AS (
+    UPDATE runs SET last_seq = runs.last_seq + 1 + (fresh.start_data IS NOT NULL)::int
+    FROM fresh
+    WHERE runs.id = ANY(:ids::text[]) AND runs.id = fresh.id
+    RETURNING runs.id, runs.last_seq, aiki_now_ms(fresh.now) AS at, fresh.task, fresh.digest,
+              fresh.idx, fresh.outcome, fresh.attempts, fresh.result, fresh.error, fresh.kind,
+              fresh.data, fresh.start_data
 ),
 recorded AS (
     INSERT INTO task_results (run_id, task, digest, idx, outcome, attempts, result, error,
                               updated_at)
     SELECT id, task, digest, idx, outcome, attempts, result::json, error::json, at
-    FROM held
+    FROM written
     ON CONFLICT (run_id, task, digest, idx) DO UPDATE
     SET outcome = excluded.outcome, attempts = excluded.attempts, result = excluded.result,
         error = excluded.error, updated_at = excluded.updated_at
@@ -255,10 +287,10 @@ recorded AS (
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
     SELECT id, last_seq - 1, at, 'task_started', 'running', start_data::json
-    FROM held
+    FROM written
     WHERE start_data IS NOT NULL
     UNION ALL
-    SELECT id, last_seq, at, kind, 'running', data::json FROM held
+    SELECT id, last_seq, at, kind, 'running', data::json FROM written
 )
 SELECT n, cancel_requested FROM held;
 
@@ -313,8 +345,8 @@ FROM (SELECT 1) AS one LEFT JOIN cur ON true;
 -- cancelled, each from the states its `allowed` lists (comma-separated, from the state
 -- machine); the lease and any wait end with it. A cancelled run's event names its reason: the
 -- one given, else the one its cancel request gave. One row per element comes back, `n` its
--- position: the run as this statement's snapshot saw it (`cur`: why nothing changed) and, if
--- it changed, as it is now.
+-- position: the run as this statement's snapshot saw it (`cur`: why nothing changed, or what
+-- an end sent again finds) and, if it changed, as it is now.
 WITH req AS (
     SELECT *
     FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :allowed::text[],
