@@ -31,7 +31,7 @@ from aiki._core.models import (
 )
 from aiki._core.serde import dumps
 from aiki._core.states import RunState
-from aiki.errors import IdempotencyConflictError, StorageError
+from aiki.errors import IdempotencyConflictError, LeaseLostError, StorageError
 from aiki.storage.postgres import PostgresStorage
 
 pytestmark = pytest.mark.postgres
@@ -238,6 +238,118 @@ async def test_due_times_come_from_the_database_clock(database: PostgresDatabase
         after = await storage.now_ms()
         assert before <= run.created_at_ms <= claimed.now_ms <= after
         assert claimed.run.lease_expires_at_ms == claimed.now_ms + 5_000
+
+
+# --- writes sent together ----------------------------------------------------------------------
+
+
+def _end(task: str = "t", result_json: str | None = "1") -> TaskEnd:
+    return TaskEnd(
+        address=TaskAddress(task=task, digest="0" * 64),
+        attempt=1,
+        worker_id=WorkerId("w"),
+        outcome=TaskOutcome.COMPLETED,
+        duration_ms=1,
+        result_json=result_json,
+        start_reported=False,  # the end carries its start, as a quick task's does
+    )
+
+
+async def _running(storage: PostgresStorage, count: int) -> list[Lease]:
+    await asyncio.gather(*(storage.enqueue(new_run(i)) for i in range(count)))
+    claimed = await storage.claim(WorkerId("w"), [KEY], count, LEASE_MS)
+    assert len(claimed) == count
+    return [Lease(run_id=run.run.id, revision=run.revision) for run in claimed]
+
+
+async def test_concurrent_writes_each_get_their_own_answer(database: PostgresDatabase) -> None:
+    async with PostgresStorage(database.dsn, max_size=4) as storage:
+        leases = await _running(storage, 60)
+        stale = Lease(run_id=leases[7].run_id, revision=leases[7].revision - 1)
+        ends = [storage.finish_task(lease, _end()) for lease in leases]
+        results = await asyncio.gather(*ends[:30], storage.finish_task(stale, _end("other")),
+                                       *ends[30:], return_exceptions=True)  # fmt: skip
+        assert isinstance(results[30], LeaseLostError)
+        assert results[:30] + results[31:] == [False] * 60
+        finished = await asyncio.gather(
+            *(
+                storage.finish(lease, RunOutcome(state=RunState.COMPLETED, result_json="2"))
+                for lease in leases
+            )
+        )
+        assert [run.id for run in finished] == [lease.run_id for lease in leases]
+        assert all(run.state is RunState.COMPLETED and run.result == 2 for run in finished)
+        for lease in leases[:10]:
+            kinds = [event.kind for event in await storage.get_history(lease.run_id)]
+            assert kinds == [
+                EventKind.ENQUEUED, EventKind.CLAIMED, EventKind.TASK_STARTED,
+                EventKind.TASK_COMPLETED, EventKind.COMPLETED,
+            ]  # fmt: skip
+
+
+async def test_a_write_with_bad_data_fails_alone(database: PostgresDatabase) -> None:
+    async with PostgresStorage(database.dsn, max_size=4) as storage:
+        leases = await _running(storage, 20)
+        # Text PostgreSQL refuses as json: the statement carrying it fails as a whole.
+        ends = [_end(result_json="{not json" if i == 5 else "1") for i in range(20)]
+        results = await asyncio.gather(
+            *(storage.finish_task(lease, end) for lease, end in zip(leases, ends, strict=True)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[5], StorageError)
+        assert results[:5] + results[6:] == [False] * 19
+        for i, lease in enumerate(leases):
+            kinds = [event.kind for event in await storage.get_history(lease.run_id)]
+            assert (EventKind.TASK_COMPLETED in kinds) is (i != 5)
+
+
+async def test_writes_to_one_run_are_made_in_the_order_they_were_asked_for(
+    database: PostgresDatabase,
+) -> None:
+    async with PostgresStorage(database.dsn, max_size=4) as storage:
+        (lease,) = await _running(storage, 1)
+        starts = [
+            TaskStart(address=TaskAddress(task=f"t{i}", digest="0" * 64), attempt=1,
+                      worker_id=WorkerId("w"))
+            for i in range(12)
+        ]  # fmt: skip
+        await asyncio.gather(*(storage.start_task(lease, start) for start in starts))
+        history = await storage.get_history(lease.run_id)
+        tasks = [event.data["task"] for event in history if event.kind is EventKind.TASK_STARTED]
+        assert tasks == [f"t{i}" for i in range(12)]
+        assert [event.seq for event in history] == list(range(1, 15))
+
+
+async def test_bursts_of_writes_all_complete(database: PostgresDatabase) -> None:
+    # Bursts whose first two statements often answer in one turn of the event loop: a write
+    # left queued with no statement in flight to pick it up would hang here.
+    async with PostgresStorage(database.dsn, max_size=2) as storage:
+        for burst in range(30):
+            async with asyncio.timeout(10):
+                results = await asyncio.gather(
+                    *(storage.enqueue(new_run(burst * 100 + i)) for i in range(40))
+                )
+            assert all(result.created for result in results)
+
+
+async def test_a_write_cancelled_before_it_is_sent_is_not_made(
+    database: PostgresDatabase,
+) -> None:
+    async with PostgresStorage(database.dsn, max_size=4) as storage:
+        (lease,) = await _running(storage, 1)
+        first, second = (
+            asyncio.create_task(storage.start_task(lease, TaskStart(
+                address=TaskAddress(task=task, digest="0" * 64), attempt=1,
+                worker_id=WorkerId("w"))))
+            for task in ("sent", "cancelled")
+        )  # fmt: skip
+        await asyncio.sleep(0)  # both asked: the first is in flight, the second waits for it
+        second.cancel()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        history = await storage.get_history(lease.run_id)
+        assert [event.data.get("task") for event in history[2:]] == ["sent"]
 
 
 # --- lost connections ---------------------------------------------------------------------------
