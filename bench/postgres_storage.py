@@ -5,7 +5,8 @@ run with two tasks: enqueue, claim (in batches), 2 x (start_task + finish_task),
 `--concurrency` workflows execute at once. Each run uses a fresh database, dropped at the end.
 
 Run: `python bench/postgres_storage.py [--dsn postgresql://postgres@127.0.0.1/postgres]`
-(the DSN names a database where the benchmark may create its own).
+(the DSN names a database where the benchmark may create its own). Transactions are counted at
+the driver (bench/_pg_stats.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from _pg_stats import counting_pg_transactions
 
 from aiki._core.ids import WorkerId
 from aiki._core.models import (
@@ -205,7 +207,7 @@ async def main() -> None:
     parser.add_argument("--finished", type=int, default=0, help="completed runs preloaded")
     parser.add_argument("--pending", type=int, default=0, help="other pending runs preloaded")
     args = parser.parse_args()
-    name = f"aiki_bench_{secrets.token_hex(4)}"
+    name = f"bench_storage_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(args.dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -227,9 +229,15 @@ async def main() -> None:
             )
             await idle_costs(storage)
             cpu = time.process_time()
-            elapsed = await workflows(
-                storage, args.workflows, args.producers, args.batch, args.concurrency, args.quick
-            )
+            with counting_pg_transactions() as stats:
+                elapsed = await workflows(
+                    storage,
+                    args.workflows,
+                    args.producers,
+                    args.batch,
+                    args.concurrency,
+                    args.quick,
+                )
             cpu = time.process_time() - cpu
             # enqueue, 2 x (start, finish task), finish; claims extra. Quick: no starts.
             ops = args.workflows * (4 if args.quick else 6)
@@ -238,7 +246,8 @@ async def main() -> None:
                 f"(concurrency {args.concurrency}, pool {args.pool}"
                 f"{', quick tasks' if args.quick else ''}): "
                 f"{args.workflows / elapsed:,.0f} workflows/s, {ops / elapsed:,.0f} ops/s, "
-                f"{cpu / args.workflows * 1e3:.2f} ms of this process's CPU per workflow"
+                f"{cpu / args.workflows * 1e3:.2f} ms of this process's CPU per workflow, "
+                f"{stats.transactions / args.workflows:.2f} transactions per workflow"
             )
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
