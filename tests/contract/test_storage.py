@@ -654,6 +654,52 @@ async def test_stale_revision_is_refused_without_side_effects(storage: Storage, 
 
 
 @pytest.mark.parametrize("write", sorted(WORKER_WRITES))
+async def test_a_write_sent_again_after_a_lost_reply_is_applied_once(
+    storage: Storage, write: str
+) -> None:
+    """A worker sends a write again when the reply to the first was lost (the server died
+    mid-request): the repeat succeeds, answers the same, and changes nothing."""
+    claimed = await running(storage)
+    lease = lease_of(claimed)
+    if write == "finish_task":
+        await storage.start_task(lease, TaskStart(address=address(), attempt=1, worker_id=WORKER))
+    first = await WORKER_WRITES[write](storage, lease)
+    after_first = await snapshot(storage, claimed.run.id)
+
+    again = await WORKER_WRITES[write](storage, lease)
+
+    assert again == first
+    assert await snapshot(storage, claimed.run.id) == after_first
+
+
+_TASK_ENDS = (EventKind.TASK_FAILED, EventKind.TASK_COMPLETED)
+
+
+async def test_a_task_end_sent_again_is_not_mistaken_for_the_next_attempt(
+    storage: Storage,
+) -> None:
+    lease = lease_of(await running(storage))
+    await storage.finish_task(lease, task_end(TaskOutcome.RETRYING, attempt=1))
+    await storage.finish_task(lease, task_end(TaskOutcome.RETRYING, attempt=1))
+    await storage.finish_task(lease, task_end(TaskOutcome.COMPLETED, attempt=2, result="ok"))
+    await storage.finish_task(lease, task_end(TaskOutcome.COMPLETED, attempt=2, result="ok"))
+
+    history = await storage.get_history(lease.run_id)
+    ends = [(e.kind, e.data["attempt"]) for e in history if e.kind in _TASK_ENDS]
+    assert ends == [(EventKind.TASK_FAILED, 1), (EventKind.TASK_COMPLETED, 2)]
+
+
+async def test_another_end_after_the_run_ended_is_still_refused(storage: Storage) -> None:
+    lease = lease_of(await running(storage))
+    await storage.finish(lease, RunOutcome(state=RunState.COMPLETED, result_json="1"))
+    with pytest.raises(LeaseLostError):
+        await WORKER_WRITES["fail"](storage, lease)
+    with pytest.raises(LeaseLostError):
+        await WORKER_WRITES["suspend"](storage, lease)
+    assert (await status(storage, lease.run_id)).state is RunState.COMPLETED
+
+
+@pytest.mark.parametrize("write", sorted(WORKER_WRITES))
 async def test_unknown_run_is_a_lost_lease(storage: Storage, write: str) -> None:
     with pytest.raises(LeaseLostError):
         await WORKER_WRITES[write](storage, Lease(run_id=RunId("f" * 26), revision=1))

@@ -24,6 +24,10 @@ from aiki._core.models import (
     NewRun,
     PollRequest,
     RunOutcome,
+    TaskAddress,
+    TaskEnd,
+    TaskOutcome,
+    TaskStart,
     WaitInfo,
     WaitKind,
     WorkflowKey,
@@ -36,6 +40,7 @@ from aiki.testing import FakeClock
 
 BASE = "http://aiki.test"
 KEY = WorkflowKey(name="w", version="1")
+WORKER = WorkerId("w1")
 
 
 def new_run(payload: Any = None, key: str | None = None) -> NewRun:
@@ -147,7 +152,7 @@ async def test_error_codes_round_trip_to_their_classes(
     async with aiki.server(f"sqlite:///{tmp_path}/broken.db", clock=clock) as broken:
         await broken.storage.close()  # the database goes away under a running server
         async with HttpApi(
-            BASE, transport=HttpxTransport(httpx.ASGITransport(app=broken.app))
+            BASE, transport=HttpxTransport(httpx.ASGITransport(app=broken.app)), retry_timeout=0
         ) as api:
             exc = await raised(lambda a: a.get_status(pending.id), api)
         assert type(exc) is aiki.StorageError
@@ -627,6 +632,85 @@ async def test_lost_reply_is_retried_only_when_safe(srv: aiki.Server) -> None:
     assert status.id == enqueued.run.id and lost.attempts == 3
 
     assert len(await srv.service.list_runs()) == 2
+
+
+async def test_a_workers_writes_are_sent_again_after_a_lost_reply_and_applied_once(
+    srv: aiki.Server,
+) -> None:
+    run_id = (await srv.service.enqueue(new_run("x"))).run.id
+    poll = PollRequest(
+        worker_id=WORKER, workflows=(KEY,), capacity=1, lease_ms=30_000, wait_ms=0, recheck_ms=100
+    )
+    (claimed,) = (await srv.service.poll(poll)).claimed
+    lease = Lease(run_id=run_id, revision=claimed.revision)
+    address = TaskAddress(task="t", digest="d" * 64, index=0)
+    writes: list[Callable[[HttpApi], Awaitable[object]]] = [
+        lambda api: api.start_task(lease, TaskStart(address=address, attempt=1, worker_id=WORKER)),
+        lambda api: api.finish_task(
+            lease,
+            TaskEnd(
+                address=address,
+                attempt=1,
+                worker_id=WORKER,
+                outcome=TaskOutcome.COMPLETED,
+                duration_ms=1,
+                result_json="1",
+            ),
+        ),
+        lambda api: api.finish(lease, RunOutcome(state=aiki.RunState.COMPLETED, result_json="2")),
+    ]
+    for write in writes:
+        lost = Flaky(
+            httpx.ASGITransport(app=srv.app), failures=1, error=httpx.ReadError, after=True
+        )
+        async with flaky_api(srv, lost, retry=5.0) as api:
+            await write(api)
+        assert lost.attempts == 2, "the reply was lost, so the write was sent again"
+
+    history = await srv.service.get_history(run_id)
+    assert [e.kind.value for e in history] == [
+        "run_enqueued",
+        "run_claimed",
+        "task_started",
+        "task_completed",
+        "run_completed",
+    ]
+    assert (await srv.service.get_status(run_id)).result == 2
+
+
+class StorageHiccup(httpx.AsyncBaseTransport):
+    """Answers the first `failures` requests as a server whose database connection dropped."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.attempts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.attempts += 1
+        if self.attempts > self.failures:
+            return await self.inner.handle_async_request(request)
+        body = {"code": "storage_error", "message": "connection was closed"}
+        return httpx.Response(503, json=body)
+
+
+async def test_a_storage_error_is_retried_only_when_repeating_is_safe(srv: aiki.Server) -> None:
+    hiccup = StorageHiccup(httpx.ASGITransport(app=srv.app), failures=2)
+    async with flaky_api(srv, hiccup, retry=5.0) as api:
+        enqueued = await api.enqueue(new_run("keyed", key="k"))
+    assert hiccup.attempts == 3 and enqueued.created
+
+    hiccup = StorageHiccup(httpx.ASGITransport(app=srv.app), failures=1)
+    async with flaky_api(srv, hiccup, retry=5.0) as api:
+        with pytest.raises(aiki.StorageError, match="connection was closed"):
+            await api.enqueue(new_run("no key"))
+    assert hiccup.attempts == 1, "an enqueue without a key may have been applied: not resent"
+
+    hiccup = StorageHiccup(httpx.ASGITransport(app=srv.app), failures=10**6)
+    async with flaky_api(srv, hiccup, retry=0.2) as api:
+        with pytest.raises(aiki.StorageError):
+            await api.get_status(enqueued.run.id)
+    assert hiccup.attempts >= 2
 
 
 class Gateway(httpx.AsyncBaseTransport):

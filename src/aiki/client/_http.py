@@ -5,8 +5,9 @@ come back as the exception classes the in-process service raises. A request that
 the server (connection refused, connect timeout) is retried with exponential backoff whatever
 the call; one that may have
 reached it (read error, read timeout, connection dropped) is retried only when repeating it
-cannot do harm: reads, cancel, heartbeats, (un)registration and keyed enqueues. After
-`retry_timeout` seconds without success, `ServerUnavailableError`.
+cannot do harm: reads, cancel, heartbeats, (un)registration, keyed enqueues, and a worker's
+writes to the runs it holds (storage applies a repeated write once). After `retry_timeout`
+seconds without success, `ServerUnavailableError`.
 
 Network waits use real time (the event loop's clock), not the engine's `Clock`: a fake clock
 must not make a socket wait forever.
@@ -226,13 +227,23 @@ class HttpApi:
                 failure: str = str(exc)
                 cause: BaseException | None = exc
             else:
-                if not (response.status in _GATEWAY and not _is_ours(response)):
+                if response.status not in _GATEWAY:
                     return response
-                if not idempotent:
+                if _is_ours(response):
+                    # The server answered but its storage failed (a dropped database
+                    # connection, say): the request may have been applied, so only what is
+                    # safe to repeat is tried again; the rest gets the error.
+                    if not (idempotent and _is_storage_error(response)):
+                        return response
+                    if loop.time() >= deadline:
+                        return response  # the caller gets the StorageError itself
+                    failure, cause = "storage error", None
+                elif not idempotent:
                     raise ServerUnavailableError(
                         f"{method} {url}: HTTP {response.status} from a gateway"
                     )
-                failure, cause = f"HTTP {response.status} from a gateway", None
+                else:
+                    failure, cause = f"HTTP {response.status} from a gateway", None
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ServerUnavailableError(
@@ -412,12 +423,12 @@ class HttpApi:
         return load_heartbeat_reply(body)
 
     async def _leased_write(self, lease: Lease, suffix: str, body: Any) -> None:
-        """A worker write to its run; never resent after a lost reply (see module docstring)."""
+        """A worker write to its run; storage applies it once however often it is sent."""
         await self._call_no_reply(
             "POST",
             _run_path(lease.run_id, suffix),
             body=body,
-            idempotent=False,
+            idempotent=True,
             run_id=lease.run_id,
         )
 
@@ -434,7 +445,7 @@ class HttpApi:
             "POST",
             _run_path(lease.run_id, "/tasks/finish"),
             body=request,
-            idempotent=False,
+            idempotent=True,  # storage applies a repeated end once
             run_id=lease.run_id,
         )
         return body["cancel_requested"]
@@ -465,6 +476,13 @@ def _encode(body: Any) -> bytes:
 
 def _is_ours(response: Reply) -> bool:
     return response.content_type.startswith("application/json")
+
+
+def _is_storage_error(response: Reply) -> bool:
+    try:
+        return _ERROR.from_json(response.content)["code"] == "storage_error"
+    except pydantic.ValidationError:
+        return False
 
 
 def _error(response: Reply, run_id: str | None) -> Exception:

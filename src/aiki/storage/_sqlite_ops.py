@@ -146,6 +146,17 @@ def _held_state(conn: sqlite3.Connection, lease: Lease) -> tuple[RunState, bool,
     return RunState(row[0]), bool(row[2]), row[3]
 
 
+def _moved_by_lease(conn: sqlite3.Connection, lease: Lease, state: RunState) -> bool:
+    """Whether `lease`'s holder already moved the run to `state`: its write, sent again.
+
+    A worker sends a write again when the reply to the first was lost (the server died, the
+    connection dropped). The write that ends a lease bumps the revision once; finding the run
+    in the state it asked for, one revision on, means the first one was applied.
+    """
+    row = conn.execute(Q["lease_state"], {"id": lease.run_id}).fetchone()
+    return row is not None and row[1] == lease.revision + 1 and row[0] == state.value
+
+
 def _running(conn: sqlite3.Connection, lease: Lease) -> bool:
     """Check that the worker holds the run; return its cancel flag.
 
@@ -388,7 +399,24 @@ def heartbeat(
 def start_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, start: TaskStart) -> None:
     now = clock.now_ms()
     _running(conn, lease)
+    if _is_last_start(conn, lease.run_id, start.address, start.attempt):
+        return  # the same start, sent again after its reply was lost
     _append_start(conn, lease.run_id, now, start.address, start.attempt, start.worker_id)
+
+
+def _is_last_start(
+    conn: sqlite3.Connection, run_id: RunId, address: TaskAddress, attempt: int
+) -> bool:
+    row = conn.execute(Q["last_event"], {"run_id": run_id}).fetchone()
+    if row is None or row[0] != EventKind.TASK_STARTED.value:
+        return False
+    data = json.loads(row[1])
+    return bool(
+        data["task"] == address.task
+        and data["digest"] == address.digest
+        and data["index"] == address.index
+        and data["attempt"] == attempt
+    )
 
 
 def _append_start(
@@ -419,6 +447,17 @@ def finish_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, end: TaskE
     now = clock.now_ms()
     cancel_requested = _running(conn, lease)
     address = end.address
+    recorded = conn.execute(
+        Q["task_result_state"],
+        {
+            "run_id": lease.run_id,
+            "task": address.task,
+            "digest": address.digest,
+            "idx": address.index,
+        },
+    ).fetchone()
+    if recorded is not None and tuple(recorded) == (end.outcome.value, end.attempt):
+        return cancel_requested  # this attempt's end is recorded: the write was sent again
     if not end.start_reported:
         # Stamped now, not now - duration: the worker's clock is not the storage's, and the
         # history's times must not go backwards. The end event carries the duration.
@@ -463,7 +502,12 @@ def finish_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, end: TaskE
 
 def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo) -> None:
     now = clock.now_ms()
-    state, _, _ = _held_state(conn, lease)
+    try:
+        state, _, _ = _held_state(conn, lease)
+    except LeaseLostError:
+        if _moved_by_lease(conn, lease, RunState.WAITING):
+            return
+        raise
     target = check_transition(lease.run_id, state, RunAction.SUSPEND)
     conn.execute(
         Q["suspend_run"],
@@ -487,7 +531,12 @@ def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo
 
 def release(conn: sqlite3.Connection, clock: Clock, lease: Lease) -> None:
     now = clock.now_ms()
-    state, _, worker_id = _held_state(conn, lease)
+    try:
+        state, _, worker_id = _held_state(conn, lease)
+    except LeaseLostError:
+        if _moved_by_lease(conn, lease, RunState.PENDING):
+            return
+        raise
     target = check_transition(lease.run_id, state, RunAction.RELEASE)
     conn.execute(Q["requeue_run"], {"id": lease.run_id, "recovered": 0, "now": now})
     _append_event(conn, lease.run_id, now, EventKind.RELEASED, target, {"worker_id": worker_id})
@@ -495,7 +544,14 @@ def release(conn: sqlite3.Connection, clock: Clock, lease: Lease) -> None:
 
 def finish(conn: sqlite3.Connection, clock: Clock, lease: Lease, outcome: RunOutcome) -> RunStatus:
     now = clock.now_ms()
-    state, _, _ = _held_state(conn, lease)
+    try:
+        state, _, _ = _held_state(conn, lease)
+    except LeaseLostError:
+        if _moved_by_lease(conn, lease, outcome.state):
+            run = get_run(conn, lease.run_id)
+            assert run is not None
+            return run
+        raise
     target = check_transition(lease.run_id, state, _END_ACTIONS[outcome.state])
     run = _end_run(
         conn,

@@ -198,3 +198,10 @@ SELECT MIN(wait_until) FROM runs INDEXED BY runs_wait_due WHERE state = 'waiting
 
 -- name: next_lease_due
 SELECT MIN(lease_expires_at) FROM runs INDEXED BY runs_lease_due WHERE state = 'running';
+
+-- name: task_result_state
+SELECT outcome, attempts FROM task_results
+WHERE run_id = :run_id AND task = :task AND digest = :digest AND idx = :idx;
+
+-- name: last_event
+SELECT kind, data FROM history WHERE run_id = :run_id ORDER BY seq DESC LIMIT 1;
