@@ -97,10 +97,10 @@ _CANCEL_NOW = [state for state in _ALLOWED[RunAction.CANCEL] if state != RunStat
 def _check_fixed_states() -> None:
     """Fail at import if the state machine no longer matches the states queries.sql names.
 
-    Claims and timers spell their states out ('pending', 'running', 'waiting') so that the
-    partial indexes apply; task writes and heartbeats take 'running' as a parameter so that
-    they don't (see start_task in queries.sql); the other changes take `:allowed` from the
-    state machine at run time.
+    Claims, timers, task writes and heartbeats spell their states out ('pending', 'running',
+    'waiting'): claims and timers so that the partial indexes apply, task writes and
+    heartbeats on runs they found by primary key (see start_task in queries.sql); the other
+    changes take `:allowed` from the state machine at run time.
     """
     fixed = {
         RunAction.CLAIM: ([RunState.PENDING], RunState.RUNNING),
@@ -128,8 +128,6 @@ _FINISH = (
     "ids", "revisions", "nows", "allowed", "states", "kinds", "results", "errors", "reasons",
     "error_data",
 )  # fmt: skip
-# Task writes need a running run; see start_task in queries.sql for why this is a parameter.
-_TASK_WRITE_STATE = {"running": RunState.RUNNING.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +143,8 @@ class Writers:
     def create(cls, *, max_flushes: int) -> Writers:
         return cls(
             enqueue=WriteBatcher(Q["enqueue"], _ENQUEUE, max_flushes=max_flushes),
-            start_task=WriteBatcher(
-                Q["start_task"], _START_TASK, _TASK_WRITE_STATE, max_flushes=max_flushes
-            ),
-            finish_task=WriteBatcher(
-                Q["finish_task"], _FINISH_TASK, _TASK_WRITE_STATE, max_flushes=max_flushes
-            ),
+            start_task=WriteBatcher(Q["start_task"], _START_TASK, max_flushes=max_flushes),
+            finish_task=WriteBatcher(Q["finish_task"], _FINISH_TASK, max_flushes=max_flushes),
             finish=WriteBatcher(Q["finish"], _FINISH, max_flushes=max_flushes),
         )
 
@@ -431,7 +425,6 @@ async def heartbeat(
         revisions=[lease.revision for lease in leases],
         lease_ms=lease_ms,
         worker_id=worker_id,
-        running=RunState.RUNNING.value,
     )
     lost = tuple(RunId(run_id) for run_id, held, _ in rows if not held)
     cancels = tuple(RunId(run_id) for run_id, held, flagged in rows if held and flagged)

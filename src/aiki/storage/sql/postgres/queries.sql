@@ -174,17 +174,22 @@ LEFT JOIN LATERAL (
 ORDER BY c.id;
 
 -- name: heartbeat
--- Leases come as two arrays in the caller's order; the reply keeps that order. `:running` is
--- 'running', a parameter for the reason start_task gives.
+-- Leases come as two arrays in the caller's order; the reply keeps that order. The runs are
+-- found by primary key and only then checked for their state, as in start_task.
 WITH clock AS (SELECT aiki_now_ms(:now) AS now),
 lease AS (
     SELECT * FROM unnest(:ids::text[], :revisions::bigint[]) WITH ORDINALITY AS l(id, revision, n)
 ),
+locked AS MATERIALIZED (
+    SELECT r.id, r.state
+    FROM runs AS r JOIN lease ON lease.id = r.id
+    WHERE r.id = ANY(:ids::text[]) AND r.revision = lease.revision
+    FOR UPDATE OF r
+),
 extended AS (
     UPDATE runs AS r SET lease_expires_at = clock.now + :lease_ms
-    FROM lease, clock
-    WHERE r.id = ANY(:ids::text[])  -- a primary-key lookup, however many runs are running
-      AND r.id = lease.id AND r.revision = lease.revision AND r.state = :running
+    FROM locked, clock
+    WHERE r.id = ANY(:ids::text[]) AND r.id = locked.id AND locked.state = 'running'
     RETURNING r.id, r.cancel_requested
 ),
 worker AS (
@@ -201,21 +206,23 @@ ORDER BY lease.n;
 -- Task starts, one per element of the arrays (at most one per run), each taken only if its
 -- lease is current and the run running: the rows returned are those taken, `n` their
 -- position. A start that is already the run's last event is the same start sent again (its
--- reply was lost): it is taken, and written no second time. `:running` is 'running', as a
--- parameter: spelled out, it would let the planner pick the partial index runs_lease_due and
--- read every running run to find these few.
+-- reply was lost): it is taken, and written no second time. The runs are locked by primary
+-- key (and revision), and only then checked for their state: a condition on the state in the
+-- same scan lets the planner look them up through runs_by_state or runs_lease_due instead,
+-- reading every running run to find these few.
 WITH req AS (
     SELECT *
     FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :tasks::text[],
                 :digests::text[], :indexes::int[], :attempts::int[], :data::text[])
          WITH ORDINALITY AS r(id, revision, now, task, digest, idx, attempt, data, n)
 ),
-held AS (
-    SELECT req.*, runs.last_seq
+locked AS MATERIALIZED (
+    SELECT req.*, runs.state, runs.last_seq
     FROM req JOIN runs ON runs.id = req.id
-    WHERE runs.id = ANY(:ids::text[]) AND runs.revision = req.revision AND runs.state = :running
+    WHERE runs.id = ANY(:ids::text[]) AND runs.revision = req.revision
     FOR UPDATE OF runs
 ),
+held AS (SELECT * FROM locked WHERE state = 'running'),
 fresh AS (
     SELECT * FROM held
     WHERE NOT EXISTS (
@@ -239,7 +246,7 @@ SELECT n FROM held;
 
 -- name: finish_task
 -- Task ends, one per element of the arrays (at most one per run), each taken only if its
--- lease is current and the run running (`:running` as in start_task): the rows returned are
+-- lease is current and the run running (checked as in start_task): the rows returned are
 -- those taken, `n` their position. An end whose outcome and attempt are already recorded for
 -- its task is the same end sent again (its reply was lost): it is taken, and written no second
 -- time. A `start_data` is the attempt's start event when the worker did not write it (a quick
@@ -253,12 +260,13 @@ WITH req AS (
          AS r(id, revision, now, task, digest, idx, outcome, attempts, result, error, kind, data,
               start_data, n)
 ),
-held AS (
-    SELECT req.*, runs.cancel_requested
+locked AS MATERIALIZED (
+    SELECT req.*, runs.state, runs.cancel_requested
     FROM req JOIN runs ON runs.id = req.id
-    WHERE runs.id = ANY(:ids::text[]) AND runs.revision = req.revision AND runs.state = :running
+    WHERE runs.id = ANY(:ids::text[]) AND runs.revision = req.revision
     FOR UPDATE OF runs
 ),
+held AS (SELECT * FROM locked WHERE state = 'running'),
 fresh AS (
     SELECT * FROM held
     WHERE NOT EXISTS (
