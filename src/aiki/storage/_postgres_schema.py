@@ -86,9 +86,9 @@ class WriteBatcher:
     A write is a row of values; the statement takes each column as an array, one element per
     write, and returns a row (whose first column is the write's position, from 1) for each
     write it reports on. A write is sent at once while fewer than `max_flushes` statements of
-    its kind are in flight; otherwise it goes with the next, together with every write queued
-    meanwhile (up to `max_batch`). Alone, a write costs one statement as before; under load,
-    many share a round trip and a commit.
+    its kind are in flight (from its caller's task, when nothing else waits); otherwise it goes
+    with the next, together with every write queued meanwhile (up to `max_batch`). Alone, a
+    write costs one statement as before; under load, many share a round trip and a commit.
 
     Two writes with one key (the run they change) never share a statement, nor run in two at
     once: the second goes after the first has committed, as it would from one connection.
@@ -112,15 +112,29 @@ class WriteBatcher:
         self._max_flushes = max_flushes
         self._queue: deque[_Write] = deque()
         self._busy: set[Hashable] = set()  # keys in a statement in flight
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._flushes: set[asyncio.Task[None]] = set()  # statements sent by a task of their own
+        self._inline = 0  # statements sent from their only write's caller
 
     async def write(self, db: Pool, key: Hashable, values: Sequence[Any]) -> asyncpg.Record | None:
         """Run one write (its values in the order of `columns`); its row, or None if none came.
 
-        A caller cancelled before its write was sent cancels the write; once sent, it runs.
+        A caller cancelled before its write was sent cancels the write; once sent, it runs
+        unless it went alone from the caller's task: then the statement is cancelled with it.
         """
         future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(key, values, future))
+        write = _Write(key, values, future)
+        if not self._queue and key not in self._busy and self._in_flight() < self._max_flushes:
+            # Nothing waits and a statement may go: this task sends it, sparing the hand-over
+            # to another (what a write alone costs is then what it did without batches).
+            self._busy.add(key)
+            self._inline += 1
+            try:
+                await self._flush(db, [write])
+            finally:
+                self._inline -= 1
+                self._flush_more(db)
+            return future.result()
+        self._queue.append(write)
         self._flush_more(db)
         return await future
 
@@ -129,14 +143,25 @@ class WriteBatcher:
         while self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
 
+    def _in_flight(self) -> int:
+        return len(self._flushes) + self._inline
+
     def _flush_more(self, db: Pool) -> None:
-        while self._queue and len(self._flushes) < self._max_flushes:
+        while self._queue and self._in_flight() < self._max_flushes:
             batch = self._take()
             if not batch:
                 return
-            flush = asyncio.create_task(self._flush(db, batch), name="aiki postgres writes")
+            flush = asyncio.create_task(self._flush_task(db, batch), name="aiki postgres writes")
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
+
+    async def _flush_task(self, db: Pool, batch: list[_Write]) -> None:
+        try:
+            await self._flush(db, batch)
+        finally:
+            # Out of the count before looking for more: the done callback comes too late.
+            self._flushes.discard(asyncio.current_task())
+            self._flush_more(db)
 
     def _take(self) -> list[_Write]:
         """The next writes to send, oldest first, at most one per key and none of a busy key."""
@@ -175,9 +200,6 @@ class WriteBatcher:
             raise
         finally:
             self._busy.difference_update(write.key for write in batch)
-            # Out of the count before looking for more: the done callback comes too late.
-            self._flushes.discard(asyncio.current_task())
-            self._flush_more(db)
 
     async def _run(self, db: Pool, batch: list[_Write]) -> None:
         rows = await self._execute(db, batch)
