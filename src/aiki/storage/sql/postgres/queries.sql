@@ -189,7 +189,7 @@ locked AS MATERIALIZED (
 extended AS (
     UPDATE runs AS r SET lease_expires_at = clock.now + :lease_ms
     FROM locked, clock
-    WHERE r.id = ANY(:ids::text[]) AND r.id = locked.id AND locked.state = 'running'
+    WHERE r.id = locked.id AND locked.state = 'running'
     RETURNING r.id, r.cancel_requested
 ),
 worker AS (
@@ -235,7 +235,7 @@ fresh AS (
 written AS (
     UPDATE runs SET last_seq = runs.last_seq + 1
     FROM fresh
-    WHERE runs.id = ANY(:ids::text[]) AND runs.id = fresh.id
+    WHERE runs.id = fresh.id
     RETURNING runs.id, runs.last_seq, aiki_now_ms(fresh.now) AS at, fresh.data
 ),
 event AS (
@@ -278,7 +278,7 @@ fresh AS (
 written AS (
     UPDATE runs SET last_seq = runs.last_seq + 1 + (fresh.start_data IS NOT NULL)::int
     FROM fresh
-    WHERE runs.id = ANY(:ids::text[]) AND runs.id = fresh.id
+    WHERE runs.id = fresh.id
     RETURNING runs.id, runs.last_seq, aiki_now_ms(fresh.now) AS at, fresh.task, fresh.digest,
               fresh.idx, fresh.outcome, fresh.attempts, fresh.result, fresh.error, fresh.kind,
               fresh.data, fresh.start_data
