@@ -619,7 +619,7 @@ def table_rows(summaries: list[Summary], base: Summary | None) -> list[tuple[str
         return name, [value(s) for s in summaries]
 
     def reps(s: Summary) -> str:
-        return " / ".join(f"{r.workflows_per_s:.0f}" for r in s.reps)
+        return " / ".join(f"{r.workflows_per_s:,.0f}" for r in s.reps)
 
     def not_completed(s: Summary) -> str:
         return str(sum(r.not_completed for r in s.reps))
