@@ -143,6 +143,11 @@ class PostgresStorage:
         self._idle.set()
 
     @property
+    def pool_size(self) -> tuple[int, int]:
+        """The fewest and most connections this storage keeps open."""
+        return self._min_size, self._max_size
+
+    @property
     def dsn(self) -> str:
         """The connection URL."""
         return self._dsn

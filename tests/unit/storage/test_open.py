@@ -35,6 +35,28 @@ def test_postgres_urls(url: str) -> None:
     assert "secret" not in repr(storage)
 
 
+def test_postgres_pool_sizes_come_from_the_url_and_are_not_sent_to_the_server() -> None:
+    storage = open_storage("postgresql://db/aiki?sslmode=require&pool_max_size=40&pool_min_size=4")
+    assert isinstance(storage, PostgresStorage)
+    assert storage.pool_size == (4, 40)
+    assert storage.dsn == "postgresql://db/aiki?sslmode=require"
+    default = open_storage("postgresql://db/aiki")
+    assert isinstance(default, PostgresStorage) and default.pool_size == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("pool_max_size=many", "pool_max_size='many' is not a whole number"),
+        ("pool_min_size=5&pool_max_size=2", "min_size=5, max_size=2"),
+        ("pool_max_size=0", "max_size >= 1"),
+    ],
+)
+def test_bad_pool_sizes_are_refused(query: str, words: str) -> None:
+    with pytest.raises(aiki.ConfigError, match=words):
+        open_storage(f"postgresql://db/aiki?{query}")
+
+
 def test_postgres_reads_the_database_clock_unless_a_test_clock_is_given() -> None:
     url = "postgresql://localhost/aiki"
     for real in (None, SystemClock()):
