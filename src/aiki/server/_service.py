@@ -64,6 +64,9 @@ class Service:
         self._ready_any = Signal()  # runs of any version may be claimable
         self._timers_changed = Signal()  # a new due time may be earlier than the timer loop knows
         self._run_ended: KeyedSignal[RunId] = KeyedSignal()
+        # The final status of a run that ended on this server, kept while clients wait for
+        # it: they need not read it back from storage.
+        self._final: dict[RunId, RunStatus] = {}
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
@@ -152,12 +155,17 @@ class Service:
                 if remaining <= 0 or self._closed:
                     return status
                 await wait_any([ticket, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S))
+                final = self._final.get(run_id)
+                if final is not None:
+                    return final
             finally:
-                self._run_ended.release(run_id)
+                if not self._run_ended.release(run_id):
+                    self._final.pop(run_id, None)
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         status = await self._storage.cancel(run_id, reason)
         if status.state.is_final:
+            self._keep_final(status)
             self._announce(Announcement(ended=frozenset((run_id,))))
         elif status.cancel_requested and status.worker_id is not None:
             self._announce(Announcement(cancels=frozenset(((status.worker_id, run_id),))))
@@ -253,8 +261,12 @@ class Service:
                 what=f"result of workflow run {lease.run_id}",
                 limit=self._settings.max_payload_bytes,
             )
-        await self._storage.finish(lease, outcome)
+        self._keep_final(await self._storage.finish(lease, outcome))
         self._announce(Announcement(ended=frozenset((lease.run_id,))))
+
+    def _keep_final(self, status: RunStatus) -> None:
+        if self._run_ended.has_holders(status.id):
+            self._final[status.id] = status
 
     # --- timers -------------------------------------------------------------------------
 

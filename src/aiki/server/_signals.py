@@ -48,14 +48,22 @@ class KeyedSignal(Generic[K]):
         self._holders[key] = self._holders.get(key, 0) + 1
         return signal.ticket()
 
-    def release(self, key: K) -> None:
-        """Give back a ticket; the key is forgotten when its last holder leaves."""
+    def release(self, key: K) -> bool:
+        """Give back a ticket; the key is forgotten when its last holder leaves.
+
+        Returns:
+            Whether others still hold tickets for the key.
+        """
         left = self._holders.get(key, 0) - 1
         if left > 0:
             self._holders[key] = left
-        else:
-            self._holders.pop(key, None)
-            self._signals.pop(key, None)
+            return True
+        self._holders.pop(key, None)
+        self._signals.pop(key, None)
+        return False
+
+    def has_holders(self, key: K) -> bool:
+        return key in self._holders
 
     def notify(self, key: K) -> None:
         signal = self._signals.get(key)

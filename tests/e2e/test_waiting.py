@@ -1,0 +1,54 @@
+"""A client waiting for a run: woken when it ends, and given its final status."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiki
+from conftest import WorkerFactory
+from helpers import eventually
+
+
+class CountingReads:
+    """Counts `get_run` calls on a storage, passing them through."""
+
+    def __init__(self, srv: aiki.Server) -> None:
+        self.count = 0
+        storage = srv.storage
+        original = storage.get_run
+
+        async def get_run(run_id: Any) -> Any:
+            self.count += 1
+            return await original(run_id)
+
+        storage.get_run = get_run  # type: ignore[method-assign]
+
+
+async def test_a_waiter_gets_the_final_status_without_reading_it_back(
+    srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    release = asyncio.Event()
+
+    @aiki.task(name="gate")
+    async def gate(ctx: aiki.TaskContext[Any]) -> str:
+        await release.wait()
+        return "done"
+
+    @aiki.workflow(name="gated", version="1")
+    async def gated(workflow_run: aiki.WorkflowRun[Any]) -> str:
+        result: str = await gate.run(workflow_run, payload={})
+        return result
+
+    await make_worker(gated)
+    handle = await gated.enqueue(client)
+    reads = CountingReads(srv)
+    waiters = [asyncio.ensure_future(handle.wait_for_completion(timeout=10)) for _ in range(3)]
+
+    async def all_waiting() -> bool:
+        return reads.count >= 3
+
+    await eventually(all_waiting)
+    release.set()
+    assert await asyncio.gather(*waiters) == ["done"] * 3
+    assert reads.count == 3, "each waiter read the run once, before it ended"
