@@ -137,9 +137,13 @@ picked AS (
 ),
 claimed AS (
     UPDATE runs AS r
+    -- Never before the run's last change: a claim's time is read before it runs, and a run
+    -- woken meanwhile (at a later time) must not be claimed "before" it was due.
     SET state = 'running', revision = r.revision + 1, attempt = r.attempt + 1,
-        worker_id = :worker_id, lease_expires_at = clock.now + :lease_ms,
-        wait_kind = NULL, wait_until = NULL, wait_detail = NULL, updated_at = clock.now,
+        worker_id = :worker_id,
+        lease_expires_at = GREATEST(clock.now, r.updated_at) + :lease_ms,
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
+        updated_at = GREATEST(clock.now, r.updated_at),
         last_seq = r.last_seq + 1
     FROM clock
     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
