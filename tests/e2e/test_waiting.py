@@ -52,3 +52,29 @@ async def test_a_waiter_gets_the_final_status_without_reading_it_back(
     release.set()
     assert await asyncio.gather(*waiters) == ["done"] * 3
     assert reads.count == 3, "each waiter read the run once, before it ended"
+
+
+async def test_a_worker_between_runs_does_not_claim_again_until_news_comes(
+    srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    @aiki.workflow(name="one-after-another", version="1")
+    async def quick(workflow_run: aiki.WorkflowRun[Any]) -> int:
+        value: int = workflow_run.payload["i"]
+        return value
+
+    claims = 0
+    original = srv.storage.claim
+
+    async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return await original(*args, **kwargs)
+
+    srv.storage.claim = counting_claim  # type: ignore[method-assign]
+    await make_worker(quick, workflow_run_subscriber=aiki.SubscriberConfig(poll_interval_ms=60_000))
+    for i in range(10):
+        handle = await quick.enqueue(client, payload={"i": i})
+        assert await handle.wait_for_completion(timeout=10) == i
+    # One claim per run, plus the first poll's, which found nothing: without the news
+    # counter, every run cost a second, empty claim right after the one that took it.
+    assert claims <= 10 + 1

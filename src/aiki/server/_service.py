@@ -70,6 +70,11 @@ class Service:
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
+        # Counts news of claimable runs. A worker whose last claim came back short, with no
+        # such news since, has nothing to claim: its next poll waits before it claims.
+        self._ready_news = 0
+        # worker -> (`_ready_news` before that claim, the workflows it claimed for)
+        self._drained: dict[WorkerId, tuple[int, tuple[WorkflowKey, ...]]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closing = Signal()  # long-polls return at once when the server shuts down
         self._closed = False
@@ -182,12 +187,16 @@ class Service:
         await self._storage.unregister_worker(worker_id)
         self._cancel_notices.pop(worker_id, None)  # nobody is left to read them
         self._polled_at.pop(worker_id, None)
+        self._drained.pop(worker_id, None)
 
     async def poll(self, request: PollRequest) -> PollReply:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.wait_ms / 1000
         worker = request.worker_id
         self._polled_at[worker] = loop.time()
+        # A worker asks again as soon as a claim brought it runs; at low load that claim
+        # would find nothing (one wasted query per run) unless news came in between.
+        nothing_new = self._drained.get(worker) == (self._ready_news, request.workflows)
         while True:
             tickets = [self._worker_notices.ticket(worker)]
             ready_keys = request.workflows if request.capacity > 0 else ()
@@ -195,7 +204,8 @@ class Service:
                 if request.capacity > 0:
                     tickets.append(self._ready_any.ticket())
                     tickets.extend(self._ready.ticket(key) for key in ready_keys)
-                    claimed = await self._claim(request)
+                    claimed = [] if nothing_new else await self._claim(request)
+                    nothing_new = False  # after a wait, claim: a timeout is the fallback
                 else:
                     claimed = []
                 cancels = tuple(self._cancel_notices.pop(worker, ()))
@@ -211,6 +221,15 @@ class Service:
                 self._polled_at[worker] = loop.time()
 
     async def _claim(self, request: PollRequest) -> list[ClaimedRun]:
+        news_before = self._ready_news
+        claimed = await self._claim_from_storage(request)
+        if len(claimed) < request.capacity:
+            self._drained[request.worker_id] = (news_before, request.workflows)
+        else:
+            self._drained.pop(request.worker_id, None)
+        return claimed
+
+    async def _claim_from_storage(self, request: PollRequest) -> list[ClaimedRun]:
         claim = asyncio.ensure_future(
             self._storage.claim(
                 request.worker_id, request.workflows, request.capacity, request.lease_ms
@@ -295,6 +314,8 @@ class Service:
 
     def receive(self, news: Announcement) -> None:
         """Wake the waiters that `news` concerns (the queue calls this with other servers' news)."""
+        if news.ready or news.ready_all or news.missed:
+            self._ready_news += 1
         if news.ready_all or news.missed:
             self._ready_any.notify()
         for key in news.ready:
@@ -312,6 +333,7 @@ class Service:
             if now - self._polled_at[worker] > _QUIET_WORKER_S:
                 del self._polled_at[worker]
                 self._cancel_notices.pop(worker, None)
+                self._drained.pop(worker, None)
         for worker, run_id in cancels:
             # A worker polls one server at a time; the others need not keep its notices (its
             # heartbeat reply carries them too, from storage).
