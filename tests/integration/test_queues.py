@@ -178,3 +178,32 @@ async def test_a_terminated_notify_connection_reconnects_and_says_news_may_be_mi
         a.announce(Announcement(ended=frozenset({RunId("after")})))
         await inbox.wait_for(lambda n: RunId("after") in n.ended)
         assert b.listening.is_set()
+
+
+@pytest.mark.redis
+async def test_a_server_alone_on_its_channel_sends_nothing_until_another_says_hello(
+    redis: str,
+) -> None:
+    url = redis_queue_url(redis)
+    async with listening(url) as (alone, _):
+        published: list[str] = []
+        publish = alone._publish
+
+        async def counting(message: str) -> int | None:
+            published.append(message)
+            return await publish(message)
+
+        alone._publish = counting  # type: ignore[method-assign]
+        for i in range(3):
+            alone.announce(Announcement(ended=frozenset({RunId(f"run-{i}")})))
+            await asyncio.sleep(0.02)  # each in a send of its own (sends start 5 ms apart)
+        assert published == [], "its hello found nobody else listening: no news was sent"
+
+        async with listening(url) as (_, newcomer_inbox):
+            # The newcomer's hello reaches the first server, which speaks again at once.
+            news = Announcement(ended=frozenset({RunId("for-the-newcomer")}))
+            async with asyncio.timeout(WAIT_S):
+                while not newcomer_inbox.news:
+                    alone.announce(news)
+                    await asyncio.sleep(0.01)
+            assert newcomer_inbox.news[0] == news

@@ -107,3 +107,11 @@ def test_a_redis_url_names_its_namespace_and_hides_the_password() -> None:
 def test_a_bad_queue_url_is_refused_naming_the_problem(url: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=complaint):
         open_queue(url, storage_url=None)
+
+
+def test_a_hello_carries_no_news() -> None:
+    from aiki.queue._broadcast import hello_message
+
+    sender, news = decode(hello_message("newcomer"))
+    assert sender == "newcomer"
+    assert not news

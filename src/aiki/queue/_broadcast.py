@@ -28,6 +28,9 @@ _log = logging.getLogger("aiki.queue")
 _RECONNECT_FIRST_S = 0.05
 _CLOSE_TIMEOUT_S = 2.0
 _SEND_INTERVAL_S = 0.005
+# A server that learns it is the only listener sends nothing for this long, or until another
+# server speaks: each says hello when it (re)connects, so a newcomer is heard at once.
+_ALONE_S = 1.0
 _RECONNECT_MAX_S = 1.0
 # Run ids and cancels per message: keeps each message well under PostgreSQL's 8,000-byte
 # NOTIFY payload limit.
@@ -53,8 +56,12 @@ class Broadcast(abc.ABC):
     # --- what each service does ---------------------------------------------------------
 
     @abc.abstractmethod
-    async def _publish(self, message: str) -> None:
-        """Send one message to every listener; raise if that failed."""
+    async def _publish(self, message: str) -> int | None:
+        """Send one message to every listener; raise if that failed.
+
+        Returns:
+            How many listeners got it, this server's own included, where the service says.
+        """
 
     @abc.abstractmethod
     async def _listen(
@@ -74,6 +81,8 @@ class Broadcast(abc.ABC):
     async def open(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self._closing = False
+        self._alone_until = 0.0
+        self._hello_due = False
         self._has_pending = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._send_loop(), name="aiki queue send"),
@@ -109,9 +118,19 @@ class Broadcast(abc.ABC):
             await self._has_pending.wait()
             self._has_pending.clear()
             news, self._pending = self._pending, Announcement()
+            hello, self._hello_due = self._hello_due, False
+            loop = asyncio.get_running_loop()
+            if not hello and loop.time() < self._alone_until:
+                continue  # nobody else would hear it
+            messages = [hello_message(self._sender)] if hello else []
+            if news:
+                messages.extend(encode(self._sender, news))
             try:
-                for message in encode(self._sender, news):
-                    await self._publish(message)
+                for message in messages:
+                    listeners = await self._publish(message)
+                    if listeners is not None and listeners <= 1:
+                        self._alone_until = loop.time() + _ALONE_S
+                        break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the service is down: the polling path covers it
@@ -129,6 +148,10 @@ class Broadcast(abc.ABC):
             delay = _RECONNECT_FIRST_S
             connects += 1
             self.listening.set()
+            self._alone_until = 0.0  # who listens now is anyone's guess
+            self._hello_due = True
+            if self._has_pending is not None:
+                self._has_pending.set()
             self._reached()
             if connects > 1:
                 self._receive(Announcement(missed=True))
@@ -155,7 +178,9 @@ class Broadcast(abc.ABC):
             _log.warning("%s: ignoring a message that is not Aiki's: %s", self.description, exc)
             return
         if sender != self._sender:
-            self._receive(news)
+            self._alone_until = 0.0  # another server is here
+            if news:
+                self._receive(news)
 
     def _receive(self, news: Announcement) -> None:
         if self._deliver is not None:
@@ -202,6 +227,11 @@ def encode(sender: str, news: Announcement) -> Iterator[str]:
             cancels = cancels[_ITEMS_PER_MESSAGE:]
         first = False
         yield json.dumps(message, separators=(",", ":"))
+
+
+def hello_message(sender: str) -> str:
+    """What a server sends when it starts listening: no news, only that it is here."""
+    return json.dumps({"s": sender, "h": True}, separators=(",", ":"))
 
 
 def decode(message: str) -> tuple[str, Announcement]:

@@ -30,12 +30,13 @@ class PostgresNotifyQueue(Broadcast):
         self._conn: asyncpg.Connection | None = None
         self._lock = asyncio.Lock()  # one query at a time on the connection
 
-    async def _publish(self, message: str) -> None:
+    async def _publish(self, message: str) -> int | None:
         conn = self._conn
         if conn is None or conn.is_closed():
             raise ConnectionError("not connected to PostgreSQL")
         async with self._lock:
             await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, message, timeout=_KEEPALIVE_S)
+        return None  # PostgreSQL does not say who listens
 
     async def _listen(
         self, on_message: Callable[[str], None], connected: Callable[[], None]

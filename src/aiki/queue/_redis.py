@@ -37,8 +37,9 @@ class RedisQueue(Broadcast):
             decode_responses=True,
         )
 
-    async def _publish(self, message: str) -> None:
-        await self._redis.publish(self._channel, message)
+    async def _publish(self, message: str) -> int | None:
+        listeners: int = await self._redis.publish(self._channel, message)
+        return listeners
 
     async def _listen(
         self, on_message: Callable[[str], None], connected: Callable[[], None]
