@@ -52,7 +52,8 @@ from aiki.errors import (
     RunNotFoundError,
     StorageError,
 )
-from aiki.storage._postgres_schema import Query, WriteBatcher, load_postgres_queries
+from aiki.storage._postgres_batch import WriteBatcher
+from aiki.storage._postgres_schema import Query, load_postgres_queries
 
 # Strings: the stubs make these generic; asyncpg's classes are not subscriptable at run time.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
