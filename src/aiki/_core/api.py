@@ -12,12 +12,15 @@ from typing import Protocol
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
     PollReply,
     PollRequest,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
