@@ -181,6 +181,28 @@ EVENT_TIMEOUT_DIGEST = "timeout"
 EVENT_DEADLINE_DIGEST = "deadline"
 
 
+# Longer event names are refused: a name is a label, not a place for data.
+MAX_EVENT_NAME_LENGTH = 200
+
+
+def check_event_name(value: object) -> str:
+    """An event's name: a non-empty str of at most `MAX_EVENT_NAME_LENGTH` characters.
+
+    Raises:
+        TypeError: `value` is not a str.
+        ValueError: it is empty (or only spaces), or too long.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"event name must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError("event name must not be empty")
+    if len(value) > MAX_EVENT_NAME_LENGTH:
+        raise ValueError(
+            f"event name must be at most {MAX_EVENT_NAME_LENGTH} characters, got {len(value)}"
+        )
+    return value
+
+
 def event_name(task: str) -> str | None:
     """The event's name if `task` is a `wait_for_event` record, else None."""
     return task.removeprefix(EVENT_TASK_PREFIX) if task.startswith(EVENT_TASK_PREFIX) else None

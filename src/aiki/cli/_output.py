@@ -57,9 +57,8 @@ def describe_run(status: RunStatus, history: list[HistoryEvent]) -> None:
     if status.note:
         click.echo(f"note      {status.note}")
     if status.wait is not None:
-        click.echo(
-            f"waiting   {status.wait.kind} {status.wait.detail} until {when(status.wait.until_ms)}"
-        )
+        until = "" if status.wait.until_ms is None else f" until {when(status.wait.until_ms)}"
+        click.echo(f"waiting   {status.wait.kind} {status.wait.detail}{until}")
     click.echo(f"created   {when(status.created_at_ms)}   attempt {status.attempt}")
     click.echo(f"payload   {json.dumps(status.payload)}")
     if status.result is not None:

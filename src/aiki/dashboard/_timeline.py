@@ -323,13 +323,14 @@ def sleeps(history: Sequence[HistoryEvent], wait: WaitInfo | None = None) -> lis
         for event in history
         if event.kind is EventKind.TASK_COMPLETED and (name := _sleep_of(event)) is not None
     ]
-    if wait is None or wait.kind is not WaitKind.SLEEP:
+    if wait is None or wait.kind is not WaitKind.SLEEP or wait.until_ms is None:
         return found
     candidates = [s for s in found if s.name == wait.detail]
     if not candidates:
         return found
     # The wait's time is exact, the views' are not quite (see `SleepView.until_ms`).
-    waited = min(candidates, key=lambda s: abs(s.until_ms - wait.until_ms))
+    until_ms = wait.until_ms
+    waited = min(candidates, key=lambda s: abs(s.until_ms - until_ms))
     return [replace(s, sleeping=True) if s is waited else s for s in found]
 
 

@@ -602,7 +602,9 @@ def send_event(conn: sqlite3.Connection, clock: Clock, new: NewEvent) -> EventSe
     )
 
 
-def next_event(conn: sqlite3.Connection, run_id: RunId, name: str, after_seq: int) -> RunEvent | None:
+def next_event(
+    conn: sqlite3.Connection, run_id: RunId, name: str, after_seq: int
+) -> RunEvent | None:
     row = conn.execute(
         Q["next_event"], {"run_id": run_id, "name": name, "after_seq": after_seq}
     ).fetchone()
