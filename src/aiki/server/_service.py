@@ -193,7 +193,7 @@ class Service:
         sent = await self._storage.send_event(new)
         if sent.woken and sent.workflow is not None:
             self._announce(Announcement(ready=frozenset((sent.workflow,))))
-        return sent
+        return EventSent(seq=sent.seq, created=sent.created)  # the wake-up is ours alone
 
     # --- workers ------------------------------------------------------------------------
 
