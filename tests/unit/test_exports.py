@@ -16,6 +16,7 @@ AIKI_ALL = [
     "ConfigError",
     "ErrorInfo",
     "EventRejectedError",
+    "EventSent",
     "HistoryEvent",
     "IdempotencyConflictError",
     "IllegalTransitionError",

@@ -220,7 +220,11 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventSent:
-    """The stored event: new, or (for a known idempotency key) the one sent before."""
+    """What `RunHandle.send_event` returns: the event's `seq` (its place in send order), and
+    whether this send stored it (`created`; False when its idempotency key was known).
+
+    `woken` and `workflow` are between storage and server only: a client sees their defaults.
+    """
 
     seq: int
     created: bool
