@@ -220,10 +220,10 @@ class NewEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventSent:
-    """What `RunHandle.send_event` returns: the event's `seq` (its place in send order), and
-    whether this send stored it (`created`; False when its idempotency key was known).
+    """What `RunHandle.send_event` returns: the event's seq, and whether this send stored it.
 
-    `woken` and `workflow` are between storage and server only: a client sees their defaults.
+    `seq` is the event's place in send order; `created` is False when its idempotency key was
+    known (the event sent first is returned). `woken` and `workflow` are between storage and server only: a client sees their defaults.
     """
 
     seq: int
