@@ -223,7 +223,8 @@ class EventSent:
     """What `RunHandle.send_event` returns: the event's seq, and whether this send stored it.
 
     `seq` is the event's place in send order; `created` is False when its idempotency key was
-    known (the event sent first is returned). `woken` and `workflow` are between storage and server only: a client sees their defaults.
+    known (the event sent first is returned). `woken` and `workflow` are between storage and
+    server only: a client sees their defaults.
     """
 
     seq: int
