@@ -4,7 +4,7 @@ Define tasks with `aiki.task`, workflows with `aiki.workflow`, start a server wi
 `aiki.server`, connect with `aiki.create_client` and execute with `aiki.worker`.
 """
 
-from aiki._core.models import HistoryEvent, RunStatus, WaitInfo
+from aiki._core.models import EventSent, HistoryEvent, RunStatus, WaitInfo
 from aiki._core.retry import Retry
 from aiki._core.states import RunState
 from aiki.client import Client, RunHandle, create_client
@@ -14,6 +14,7 @@ from aiki.errors import (
     ClientError,
     ConfigError,
     ErrorInfo,
+    EventRejectedError,
     IdempotencyConflictError,
     IllegalTransitionError,
     InvalidRequestError,
@@ -45,6 +46,8 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ErrorInfo",
+    "EventRejectedError",
+    "EventSent",
     "HistoryEvent",
     "IdempotencyConflictError",
     "IllegalTransitionError",

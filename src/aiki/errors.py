@@ -8,6 +8,7 @@ AikiError
     RunNotFoundError
     WorkflowNotFoundError
     IdempotencyConflictError
+    EventRejectedError         an event sent to a final run, or a reused key with other data
     InvalidRequestError        (also ValueError)   a request the server could not accept
     UnauthorizedError          missing or wrong API key
   PayloadError                 (also TypeError)   a payload or result that is not JSON
@@ -38,6 +39,7 @@ __all__ = [
     "ClientError",
     "ConfigError",
     "ErrorInfo",
+    "EventRejectedError",
     "IdempotencyConflictError",
     "IllegalTransitionError",
     "InvalidRequestError",
@@ -157,6 +159,41 @@ class IdempotencyConflictError(ClientError):
         self.version = version
         self.idempotency_key = idempotency_key
         self.run_id = run_id
+
+
+class EventRejectedError(ClientError):
+    """`send_event` refused: the run is final, or the key was sent before with other data.
+
+    `idempotency_key` is set when the refusal is a key reused with different data.
+    """
+
+    def __init__(
+        self, message: str, *, run_id: str, name: str, idempotency_key: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.name = name
+        self.idempotency_key = idempotency_key
+
+    @classmethod
+    def run_final(cls, *, run_id: str, name: str, state: str) -> EventRejectedError:
+        """The run has ended: no code of it waits for events any more."""
+        return cls(
+            f"event {name!r} refused: workflow run {run_id} is {state} and takes no more events",
+            run_id=run_id,
+            name=name,
+        )
+
+    @classmethod
+    def conflict(cls, *, run_id: str, name: str, idempotency_key: str) -> EventRejectedError:
+        """The key was used for this run and event name with different data."""
+        return cls(
+            f"idempotency key {idempotency_key!r} of event {name!r} is already used for "
+            f"workflow run {run_id} with different data",
+            run_id=run_id,
+            name=name,
+            idempotency_key=idempotency_key,
+        )
 
 
 class InvalidRequestError(ClientError, ValueError):

@@ -13,11 +13,15 @@ from _services import PostgresDatabase
 from aiki._core.clock import FakeClock
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
+    EVENT_RECEIVED_DIGEST,
+    EVENT_TASK_PREFIX,
     ClaimedRun,
     EventKind,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskAddress,
@@ -32,6 +36,7 @@ from aiki._core.serde import JSONValue, digest, dumps
 from aiki._core.states import TARGET, RunAction, RunState, allowed
 from aiki.errors import (
     ErrorInfo,
+    EventRejectedError,
     IdempotencyConflictError,
     IllegalTransitionError,
     LeaseLostError,
@@ -1096,3 +1101,133 @@ async def test_workflow_versions_are_those_registered_or_enqueued(storage: Stora
     await storage.register_worker(WORKER, [WorkflowKey(name=key.name, version="1.0.0")], 1_000)
 
     assert await storage.workflow_versions(key.name) == ["1.0.0", "2.0.0"]
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+def new_event(
+    run_id: RunId, name: str = "approved", data: JSONValue = None, key: str | None = None
+) -> NewEvent:
+    return NewEvent(run_id=run_id, name=name, data_json=dumps(data), idempotency_key=key)
+
+
+def event_wait(name: str = "approved", until_ms: int | None = None) -> WaitInfo:
+    return WaitInfo(kind=WaitKind.EVENT, until_ms=until_ms, detail=name)
+
+
+async def test_events_are_stored_in_send_order_and_read_by_name(storage: Storage) -> None:
+    run = await enqueue(storage)
+    first = await storage.send_event(new_event(run.id, data=1))
+    await storage.send_event(new_event(run.id, "other", data=2))
+    third = await storage.send_event(new_event(run.id, data=3))
+
+    assert first.created and third.created and third.seq > first.seq
+    assert not first.woken  # the run is pending: nothing to wake
+    assert await storage.next_event(run.id, "approved", 0) == RunEvent(
+        seq=first.seq, name="approved", data_json="1"
+    )
+    found = await storage.next_event(run.id, "approved", first.seq)
+    assert found is not None and (found.seq, found.data_json) == (third.seq, "3")
+    assert await storage.next_event(run.id, "approved", third.seq) is None
+    history = await storage.get_history(run.id)
+    assert kinds(history)[-3:] == [EventKind.EVENT_SENT] * 3
+    assert history[-1].data == {"name": "approved", "seq": third.seq}
+    assert history[-1].state is RunState.PENDING
+
+
+async def test_an_event_with_a_known_key_is_stored_once(storage: Storage) -> None:
+    run = await enqueue(storage)
+    first = await storage.send_event(new_event(run.id, data={"ok": True}, key="k"))
+    again = await storage.send_event(new_event(run.id, data={"ok": True}, key="k"))
+    other_name = await storage.send_event(new_event(run.id, "other", data=1, key="k"))
+
+    assert first.created and not again.created and again.seq == first.seq
+    assert other_name.created  # keys are per event name
+    with pytest.raises(EventRejectedError) as caught:
+        await storage.send_event(new_event(run.id, data={"ok": False}, key="k"))
+    assert caught.value.idempotency_key == "k"
+    first_seq = await storage.next_event(run.id, "approved", 0)
+    assert (
+        first_seq is not None
+        and await storage.next_event(run.id, "approved", first_seq.seq) is None
+    )
+
+
+async def test_an_event_for_a_final_or_unknown_run_is_refused(storage: Storage) -> None:
+    lease = await in_state(storage, RunState.COMPLETED)
+    with pytest.raises(EventRejectedError, match="completed"):
+        await storage.send_event(new_event(lease.run_id))
+    assert await storage.next_event(lease.run_id, "approved", 0) is None
+    with pytest.raises(RunNotFoundError):
+        await storage.send_event(new_event(RunId("no-such-run")))
+
+
+async def test_an_event_wakes_a_run_waiting_for_events(storage: Storage) -> None:
+    claimed = await running(storage)
+    assert await storage.suspend(lease_of(claimed), event_wait()) is False
+    run = await status(storage, claimed.run.id)
+    assert run.state is RunState.WAITING and run.wait == event_wait()
+    # A wait without a timeout has no due time.
+    assert (await storage.fire_timers(max_recovery_attempts=3)).next_due_ms is None
+
+    sent = await storage.send_event(new_event(claimed.run.id))
+
+    assert sent.woken
+    assert sent.workflow == WorkflowKey(name=run.workflow, version=run.version)
+    run, history = await snapshot(storage, claimed.run.id)
+    assert run.state is RunState.PENDING and run.wait is None
+    assert kinds(history)[-2:] == [EventKind.EVENT_SENT, EventKind.WOKEN]
+    assert history[-2].state is RunState.WAITING
+
+
+async def test_an_event_does_not_wake_a_run_waiting_for_something_else(
+    storage: Storage, clock: FakeClock
+) -> None:
+    claimed = await running(storage)
+    wait = WaitInfo(kind=WaitKind.SLEEP, until_ms=clock.now_ms() + 5_000, detail="nap")
+    await storage.suspend(lease_of(claimed), wait)
+    sent = await storage.send_event(new_event(claimed.run.id))
+    assert not sent.woken
+    assert (await status(storage, claimed.run.id)).state is RunState.WAITING
+
+
+async def test_a_wait_with_a_timeout_is_woken_by_the_timers(
+    storage: Storage, clock: FakeClock
+) -> None:
+    claimed = await running(storage)
+    until = clock.now_ms() + 5_000
+    await storage.suspend(lease_of(claimed), event_wait(until_ms=until))
+    assert (await storage.fire_timers(max_recovery_attempts=3)).next_due_ms == until
+    await clock.advance(5_000)
+    assert (await storage.fire_timers(max_recovery_attempts=3)).woken == (claimed.run.id,)
+
+
+async def test_a_suspend_for_an_event_already_sent_wakes_the_run_at_once(
+    storage: Storage,
+) -> None:
+    """An event sent while the run ran, not yet received: waiting for it would wait forever."""
+    claimed = await running(storage)
+    lease = lease_of(claimed)
+    await storage.send_event(new_event(claimed.run.id, data=1))
+    # One event of the name received already (recorded), the second one not.
+    received = TaskAddress(task=EVENT_TASK_PREFIX + "approved", digest=EVENT_RECEIVED_DIGEST)
+    await storage.finish_task(lease, task_end(at=received, result={"seq": 1, "data": 1}))
+    await storage.send_event(new_event(claimed.run.id, data=2))
+
+    assert await storage.suspend(lease, event_wait()) is True
+
+    run, history = await snapshot(storage, claimed.run.id)
+    assert run.state is RunState.PENDING
+    assert kinds(history)[-2:] == [EventKind.SUSPENDED, EventKind.WOKEN]
+
+
+async def test_a_suspend_for_events_all_received_waits(storage: Storage) -> None:
+    claimed = await running(storage)
+    lease = lease_of(claimed)
+    await storage.send_event(new_event(claimed.run.id, data=1))
+    received = TaskAddress(task=EVENT_TASK_PREFIX + "approved", digest=EVENT_RECEIVED_DIGEST)
+    await storage.finish_task(lease, task_end(at=received, result={"seq": 1, "data": 1}))
+
+    assert await storage.suspend(lease, event_wait()) is False
+    assert (await status(storage, claimed.run.id)).state is RunState.WAITING

@@ -244,6 +244,34 @@ async def test_waiting_run_shows_what_it_waits_for(
     assert "retry of later until" in await page(browser, "/dashboard/?state=waiting")
 
 
+async def test_run_waiting_for_an_event_shows_it_and_the_events_sent(
+    client: aiki.Client, make_worker: WorkerFactory, browser: httpx.AsyncClient
+) -> None:
+    @aiki.workflow(name="approval", version="1")
+    async def approval(workflow_run: aiki.WorkflowRun[Any]) -> Any:
+        first = await workflow_run.wait_for_event("approved")
+        return [first, await workflow_run.wait_for_event("approved")]
+
+    await make_worker(approval)
+    handle = await approval.enqueue(client, payload=None)
+    await handle.send_event("approved", 1)
+
+    async def waiting_again() -> bool:
+        history = await handle.get_history()
+        received = any(e.data.get("digest") == "received" for e in history)
+        return received and history[-1].kind.value == "run_waiting"
+
+    await eventually(waiting_again)
+    html = await page(browser, f"/dashboard/runs/{handle.id}")
+    assert 'event <span class="mono">approved</span></dd>' in html, "no time: no timeout"
+    timeline = html.split("<h2>Timeline</h2>")[1]
+    assert "event sent" in timeline and "&#39;approved&#39; seq" in timeline
+    assert "wait for event" in timeline and "&#39;approved&#39; #0 received" in timeline
+    assert "event of approved" in await page(browser, "/dashboard/?state=waiting")
+    await handle.send_event("approved", 2)
+    assert await handle.wait_for_completion(timeout=10) == [1, 2]
+
+
 async def test_attempt_of_a_lost_worker_shows_interrupted(
     client: aiki.Client, make_worker: WorkerFactory, browser: httpx.AsyncClient, clock: FakeClock
 ) -> None:

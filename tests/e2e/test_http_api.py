@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiki._core.api import EngineApi
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     Lease,
+    NewEvent,
     NewRun,
     PollRequest,
     RunOutcome,
@@ -110,6 +112,13 @@ async def test_error_codes_round_trip_to_their_classes(
         pending.id,
     )
     seen.add("idempotency_conflict")
+
+    sent = NewEvent(run_id=pending.id, name="e", data_json="1", idempotency_key="k")
+    await srv.service.send_event(sent)
+    exc = await same_error(srv, http, lambda api: api.send_event(replace(sent, data_json="2")))
+    assert isinstance(exc, aiki.EventRejectedError)
+    assert (exc.run_id, exc.name, exc.idempotency_key) == (pending.id, "e", "k")
+    seen.add("event_rejected")
 
     stale = Lease(run_id=pending.id, revision=pending.revision + 7)
     exc = await same_error(srv, http, lambda api: api.release(stale))

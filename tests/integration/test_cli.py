@@ -140,6 +140,33 @@ def test_runs_cancel(procs: Processes, server: Server) -> None:
     assert shown["status"]["cancel_reason"] == "not needed"
 
 
+def test_runs_send_event(procs: Processes, server: Server) -> None:
+    url = ["--server", server.url]
+    # No worker serves 9.9.9: the run stays pending, and keeps the events sent to it.
+    parked = enqueue_json(procs, server, "morning-routine", "9.9.9", "--allow-unknown")
+    done = enqueue_json(procs, server, "morning-routine", "1.0.0", "--wait")
+    keyed = ["runs", "send-event", parked["id"], "approved", "--data", '{"by": "ana"}']
+
+    first, second, as_json, bad_data, too_late = procs.run_cli_many(
+        [*keyed, "--key", "k", *url],
+        [*keyed, "--key", "k", *url],  # at the same time: one of the two stores it
+        ["runs", "send-event", parked["id"], "other", "--json", *url],
+        ["runs", "send-event", parked["id"], "approved", "--data", "{nope", *url],
+        ["runs", "send-event", done["id"], "approved", *url],
+    )
+
+    outputs = sorted([ok(first), ok(second)])
+    assert outputs[0].startswith(f"event 'approved' sent to run {parked['id']} (seq ")
+    assert outputs[1].startswith("event 'approved' was already sent")
+    assert json.loads(ok(as_json))["created"] is True
+    assert "not JSON" in failed(bad_data)
+    assert "completed" in failed(too_late)
+    shown = json.loads(ok(aiki(procs, server, "runs", "show", parked["id"], "--json")))
+    sent = [e["data"]["name"] for e in shown["history"] if e["kind"] == "event_sent"]
+    assert sorted(sent) == ["approved", "other"]
+    ok(aiki(procs, server, "runs", "cancel", parked["id"]))
+
+
 def test_workflows_list_shows_the_live_worker_and_counts(procs: Processes, server: Server) -> None:
     # Only this test runs user-onboarding 2.0.0, so its counts are exact.
     payload = json.dumps({"user_id": "u-9"})

@@ -94,12 +94,13 @@ async def test_servers_starting_at_once_apply_the_migrations_once(
         async with PostgresStorage(dsn) as again:  # everything applied: opening changes nothing
             assert await again.get_run(run.id) == run
         versions = await admin.fetch(f"SELECT version FROM {schema}.schema_migrations")
-        assert [row[0] for row in versions] == [1]
+        assert [row[0] for row in versions] == [1, 2]
         tables = await admin.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
         )
         assert {row[0] for row in tables} == {
             "schema_migrations", "runs", "task_results", "history", "workers", "workflows",
+            "events",
         }  # fmt: skip
     finally:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")

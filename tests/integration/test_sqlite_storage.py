@@ -54,7 +54,7 @@ async def test_two_processes_opening_a_new_file_migrate_it_once(db: Path, clock:
     stores = [SqliteStorage(str(db), clock=clock) for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     await asyncio.gather(*(store.close() for store in stores))
-    assert query_db(db, "SELECT COUNT(*) FROM schema_migrations") == [(1,)]
+    assert query_db(db, "SELECT COUNT(*) FROM schema_migrations") == [(2,)]
 
 
 async def test_database_is_in_wal_mode(db: Path, clock: FakeClock) -> None:

@@ -78,6 +78,8 @@ async def _typed_calls(client: aiki.Client, workflow_run: aiki.WorkflowRun[Order
     assert_type(await handle.get_status(), aiki.RunStatus)
     assert_type(await handle.get_history(), list[aiki.HistoryEvent])
     assert_type(await handle.cancel("no longer needed"), aiki.RunStatus)
+    assert_type(await handle.send_event("approved", ORDER, idempotency_key="k"), aiki.EventSent)
+    assert_type(await workflow_run.wait_for_event("approved", timeout=60), Any)
 
     keyed = await checkout.enqueue(client, payload=ORDER, idempotency_key="order-42")
     assert_type(keyed, aiki.RunHandle[Receipt])
@@ -98,6 +100,7 @@ async def _misuses(client: aiki.Client, workflow_run: aiki.WorkflowRun[Order]) -
     await checkout.enqueue(client, payload={"order_id": 1})  # type: ignore[arg-type]
     await checkout.enqueue(client, payload=ORDER, idempotency_key=42)  # type: ignore[arg-type]
     await checkout.enqueue(workflow_run, payload=ORDER)  # type: ignore[arg-type]
+    await workflow_run.wait_for_event("approved", timeout="soon")  # type: ignore[arg-type]
 
     await charge.run(workflow_run, payload="order-42")  # type: ignore[arg-type]
     await charge.run(client, payload=ORDER)  # type: ignore[arg-type]

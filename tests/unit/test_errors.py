@@ -12,6 +12,7 @@ TREE: dict[type[Exception], type[Exception]] = {
     aiki.ServerUnavailableError: aiki.ClientError,
     aiki.RunNotFoundError: aiki.ClientError,
     aiki.IdempotencyConflictError: aiki.ClientError,
+    aiki.EventRejectedError: aiki.ClientError,
     aiki.PayloadError: aiki.AikiError,
     aiki.PayloadTooLargeError: aiki.PayloadError,
     aiki.WorkflowRunError: aiki.AikiError,

@@ -12,12 +12,15 @@ from typing import Protocol
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
     PollReply,
     PollRequest,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
@@ -42,6 +45,10 @@ class EngineApi(Protocol):
         ...
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus: ...
+    async def send_event(self, new: NewEvent) -> EventSent:
+        """Store an event for a run (see `Storage.send_event`), waking it if it waits."""
+        ...
+
     async def list_runs(
         self,
         *,
@@ -72,5 +79,9 @@ class EngineApi(Protocol):
     async def start_task(self, lease: Lease, start: TaskStart) -> None: ...
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool: ...
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None: ...
+    async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
+        """The held run's first event named `name` with a seq above `after_seq`, if any."""
+        ...
+
     async def release(self, lease: Lease) -> None: ...
     async def finish(self, lease: Lease, outcome: RunOutcome) -> None: ...

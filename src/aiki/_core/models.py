@@ -30,6 +30,7 @@ class WaitKind(StrEnum):
 
     RETRY = "retry"  # a task's retry backoff
     SLEEP = "sleep"  # `workflow_run.sleep(...)`
+    EVENT = "event"  # `workflow_run.wait_for_event(...)`: woken by a matching event or its timeout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,13 +38,13 @@ class WaitInfo:
     """What a waiting run waits for, and until when."""
 
     kind: WaitKind
-    until_ms: int
+    until_ms: int | None  # None: no timer; only an event ends the wait
     detail: str = ""  # e.g. the task being retried
 
     @property
-    def until(self) -> datetime:
-        """When the wait ends (storage clock)."""
-        return to_datetime(self.until_ms)
+    def until(self) -> datetime | None:
+        """When the wait ends at the latest (storage clock), if it has a timeout."""
+        return None if self.until_ms is None else to_datetime(self.until_ms)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +104,7 @@ class EventKind(StrEnum):
     TASK_COMPLETED = "task_completed"
     TASK_FAILED = "task_failed"
     CANCEL_REQUESTED = "cancel_requested"
+    EVENT_SENT = "event_sent"  # `send_event` stored an event for the run
     COMPLETED = "run_completed"
     FAILED = "run_failed"
     CANCELLED = "run_cancelled"
@@ -164,6 +166,80 @@ SLEEP_TASK_PREFIX = "aiki.sleep/"
 def sleep_name(task: str) -> str | None:
     """The sleep's name if `task` is a sleep's record, else None."""
     return task.removeprefix(SLEEP_TASK_PREFIX) if task.startswith(SLEEP_TASK_PREFIX) else None
+
+
+# `workflow_run.wait_for_event(name, ...)` is recorded at `aiki.event/<name>`, the wait's
+# occurrence as index. Its outcome sits at one of two digests: `EVENT_RECEIVED_DIGEST`
+# (`{"seq": ..., "data": ...}`, the consumed event) or `EVENT_TIMEOUT_DIGEST`
+# (`{"until_ms": ...}`). A wait with a timeout first records its deadline at
+# `EVENT_DEADLINE_DIGEST` (`{"until_ms": ...}`), so a replay waits for the same deadline.
+# Storage counts the received records of a name to know whether a run has events of that
+# name it has not consumed yet.
+EVENT_TASK_PREFIX = "aiki.event/"
+EVENT_RECEIVED_DIGEST = "received"
+EVENT_TIMEOUT_DIGEST = "timeout"
+EVENT_DEADLINE_DIGEST = "deadline"
+
+
+# Longer event names are refused: a name is a label, not a place for data.
+MAX_EVENT_NAME_LENGTH = 200
+
+
+def check_event_name(value: object) -> str:
+    """An event's name: a non-empty str of at most `MAX_EVENT_NAME_LENGTH` characters.
+
+    Raises:
+        TypeError: `value` is not a str.
+        ValueError: it is empty (or only spaces), or too long.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"event name must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError("event name must not be empty")
+    if len(value) > MAX_EVENT_NAME_LENGTH:
+        raise ValueError(
+            f"event name must be at most {MAX_EVENT_NAME_LENGTH} characters, got {len(value)}"
+        )
+    return value
+
+
+def event_name(task: str) -> str | None:
+    """The event's name if `task` is a `wait_for_event` record, else None."""
+    return task.removeprefix(EVENT_TASK_PREFIX) if task.startswith(EVENT_TASK_PREFIX) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEvent:
+    """A `send_event` request, its data already validated and encoded."""
+
+    run_id: RunId
+    name: str
+    data_json: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventSent:
+    """What `RunHandle.send_event` returns: the event's seq, and whether this send stored it.
+
+    `seq` is the event's place in send order; `created` is False when its idempotency key was
+    known (the event sent first is returned). `woken` and `workflow` are between storage and
+    server only: a client sees their defaults.
+    """
+
+    seq: int
+    created: bool
+    woken: bool = False  # the send moved the run from waiting to pending
+    workflow: WorkflowKey | None = None  # the run's workflow, set when `woken`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunEvent:
+    """An event sent to a run, as a worker reads it."""
+
+    seq: int
+    name: str
+    data_json: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

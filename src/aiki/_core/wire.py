@@ -25,12 +25,15 @@ from aiki._core.models import (
     ClaimedRun,
     Enqueued,
     EventKind,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
     PollReply,
     PollRequest,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskAddress,
@@ -49,6 +52,7 @@ from aiki.errors import (
     AikiError,
     ClientError,
     ErrorInfo,
+    EventRejectedError,
     IdempotencyConflictError,
     IllegalTransitionError,
     InvalidRequestError,
@@ -90,7 +94,7 @@ class WaitInfoBody(TypedDict):
     """What a waiting run waits for, and until when (storage clock, ms since the epoch)."""
 
     kind: WaitKind
-    until_ms: Count
+    until_ms: Count | None  # None: no timer (a wait for an event without a timeout)
     detail: NotRequired[str]
 
 
@@ -192,6 +196,43 @@ class NewRunBody(TypedDict):
     payload_json: str
     idempotency_key: NotRequired[Name | None]
     require_known: NotRequired[bool]
+
+
+class SendEventBody(TypedDict):
+    """`POST /v1/runs/{run_id}/events`: `data_json` is the data's canonical JSON text."""
+
+    name: Name
+    data_json: str
+    idempotency_key: NotRequired[Name | None]
+
+
+class EventSentBody(TypedDict):
+    """The stored event's seq; `created` is false when its idempotency key was known."""
+
+    seq: Count
+    created: bool
+
+
+class NextEventBody(TypedDict):
+    """`POST /v1/runs/{run_id}/events/next`, under the lease `revision`."""
+
+    revision: Count
+    name: Name
+    after_seq: Count
+
+
+class RunEventBody(TypedDict):
+    """An event sent to a run; `data_json` is its data's JSON text."""
+
+    seq: Count
+    name: str
+    data_json: str
+
+
+class NextEventReplyBody(TypedDict):
+    """The first matching event, or null when there is none yet."""
+
+    event: RunEventBody | None
 
 
 class WaitQuery(TypedDict):
@@ -382,7 +423,8 @@ class ErrorBody(TypedDict):
     run_id: NotRequired[str]
     workflow: NotRequired[str]
     version: NotRequired[str]
-    idempotency_key: NotRequired[str]
+    idempotency_key: NotRequired[str | None]
+    name: NotRequired[str]
     revision: NotRequired[int]
     current: NotRequired[str]
     action: NotRequired[str]
@@ -612,6 +654,40 @@ def load_new_run(body: NewRunBody) -> NewRun:
     )
 
 
+def dump_send_event(new: NewEvent) -> SendEventBody:
+    return {"name": new.name, "data_json": new.data_json, "idempotency_key": new.idempotency_key}
+
+
+def load_send_event(run_id: RunId, body: SendEventBody) -> NewEvent:
+    return NewEvent(
+        run_id=run_id,
+        name=body["name"],
+        data_json=body["data_json"],
+        idempotency_key=body.get("idempotency_key"),
+    )
+
+
+def dump_event_sent(sent: EventSent) -> EventSentBody:
+    return {"seq": sent.seq, "created": sent.created}
+
+
+def load_event_sent(body: EventSentBody) -> EventSent:
+    return EventSent(seq=body["seq"], created=body["created"])
+
+
+def dump_next_event_reply(event: RunEvent | None) -> NextEventReplyBody:
+    if event is None:
+        return {"event": None}
+    return {"event": {"seq": event.seq, "name": event.name, "data_json": event.data_json}}
+
+
+def load_next_event_reply(body: NextEventReplyBody) -> RunEvent | None:
+    event = body["event"]
+    if event is None:
+        return None
+    return RunEvent(seq=event["seq"], name=event["name"], data_json=event["data_json"])
+
+
 def dump_enqueued(enqueued: Enqueued) -> EnqueuedBody:
     return {"run": dump_run_status(enqueued.run), "created": enqueued.created}
 
@@ -805,6 +881,16 @@ def _dump_conflict(exc: IdempotencyConflictError) -> ErrorBody:
     }
 
 
+def _dump_event_rejected(exc: EventRejectedError) -> ErrorBody:
+    return {
+        "code": "event_rejected",
+        "message": str(exc),
+        "run_id": exc.run_id,
+        "name": exc.name,
+        "idempotency_key": exc.idempotency_key,
+    }
+
+
 def _dump_lease_lost(exc: LeaseLostError) -> ErrorBody:
     return {
         "code": "lease_lost",
@@ -863,8 +949,19 @@ _ERRORS: Final[dict[type[BaseException], tuple[str, int, _Dump, _Load]]] = {
         lambda b: IdempotencyConflictError(
             workflow=b["workflow"],
             version=b["version"],
-            idempotency_key=b["idempotency_key"],
+            idempotency_key=b.get("idempotency_key") or "",
             run_id=b["run_id"],
+        ),
+    ),
+    EventRejectedError: (
+        "event_rejected",
+        409,
+        _dump_event_rejected,
+        lambda b: EventRejectedError(
+            b["message"],
+            run_id=b["run_id"],
+            name=b["name"],
+            idempotency_key=b.get("idempotency_key"),
         ),
     ),
     LeaseLostError: (

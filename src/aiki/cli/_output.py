@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from aiki._core.clock import to_datetime
-from aiki._core.models import EventKind, HistoryEvent, RunStatus, sleep_name
+from aiki._core.models import EventKind, HistoryEvent, RunStatus, event_name, sleep_name
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -57,9 +57,8 @@ def describe_run(status: RunStatus, history: list[HistoryEvent]) -> None:
     if status.note:
         click.echo(f"note      {status.note}")
     if status.wait is not None:
-        click.echo(
-            f"waiting   {status.wait.kind} {status.wait.detail} until {when(status.wait.until_ms)}"
-        )
+        until = "" if status.wait.until_ms is None else f" until {when(status.wait.until_ms)}"
+        click.echo(f"waiting   {status.wait.kind} {status.wait.detail}{until}")
     click.echo(f"created   {when(status.created_at_ms)}   attempt {status.attempt}")
     click.echo(f"payload   {json.dumps(status.payload)}")
     if status.result is not None:
@@ -82,11 +81,11 @@ def timeline(history: list[HistoryEvent]) -> list[tuple[HistoryEvent, str]]:
     """
     lines: list[tuple[HistoryEvent, str]] = []
     for event in history:
-        sleep = sleep_name(str(event.data.get("task", "")))
-        if sleep is None:
+        task = str(event.data.get("task", ""))
+        if sleep_name(task) is None and event_name(task) is None:
             lines.append((event, event.kind.value))
         elif event.kind is EventKind.TASK_COMPLETED:
-            lines.append((event, "sleep"))
+            lines.append((event, "sleep" if sleep_name(task) is not None else "wait for event"))
     return lines
 
 
@@ -96,6 +95,11 @@ def _event_detail(event: HistoryEvent) -> str:
     sleep = sleep_name(str(data.get("task", "")))
     if sleep is not None:
         return f"{sleep!r} for {data.get('duration_ms')} ms"
+    waited = event_name(str(data.get("task", "")))
+    if waited is not None:  # a wait's record: its digest says which
+        return f"{waited!r} {data.get('digest')}"
+    if event.kind is EventKind.EVENT_SENT:
+        return f"{data.get('name')!r} seq {data.get('seq')}"
     if "task" in data:
         parts.append(f"{data['task']}#{data.get('index', 0) + 1} attempt {data.get('attempt')}")
     if data.get("duration_ms") is not None:

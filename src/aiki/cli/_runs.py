@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 import aiki
-from aiki._core.models import EventKind, HistoryEvent, NewRun, sleep_name
+from aiki._core.models import EventKind, EventSent, HistoryEvent, NewRun, sleep_name
 from aiki._core.serde import encode
 from aiki._core.states import RunState
 from aiki.cli._connect import run_with_client
@@ -19,7 +19,7 @@ from aiki.cli._output import describe_run, table, to_json, when
 
 @click.group("runs")
 def runs_group() -> None:
-    """List, inspect, cancel and enqueue workflow runs."""
+    """List, inspect, cancel and enqueue workflow runs; send them events."""
 
 
 @runs_group.command("list")
@@ -135,6 +135,43 @@ def cancel_run(
         click.echo(f"run {status.id} had already ended: {status.state}")
     else:
         click.echo(f"run {status.id} is {status.state}: cancel requested from its worker")
+
+
+@runs_group.command("send-event")
+@click.argument("run_id")
+@click.argument("name")
+@click.option("--data", default="null", show_default=True, help="The event's data, as JSON.")
+@click.option("--key", "idempotency_key", default=None, help="Same key and name: sent once.")
+@server_url_option
+@api_key_option
+@json_option
+def send_event(
+    run_id: str,
+    name: str,
+    data: str,
+    idempotency_key: str | None,
+    server_url: str,
+    api_key: str | None,
+    as_json: bool,
+) -> None:
+    """Send the event NAME to a run: what its `wait_for_event(NAME)` returns."""
+    try:
+        value: Any = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
+
+    async def action(client: aiki.Client) -> EventSent:
+        return await client.get_handle(run_id).send_event(name, value, idempotency_key)
+
+    sent = run_with_client(server_url, api_key, action)
+    if as_json:
+        click.echo(to_json(sent))
+    elif sent.created:
+        click.echo(f"event {name!r} sent to run {run_id} (seq {sent.seq})")
+    else:
+        click.echo(
+            f"event {name!r} was already sent to run {run_id} with this key (seq {sent.seq})"
+        )
 
 
 @runs_group.command("enqueue")

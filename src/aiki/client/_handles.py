@@ -6,8 +6,8 @@ from typing import Any, Generic, TypeVar
 
 from aiki._core.api import EngineApi
 from aiki._core.ids import RunId
-from aiki._core.models import HistoryEvent, RunStatus
-from aiki._core.serde import Decoder
+from aiki._core.models import EventSent, HistoryEvent, NewEvent, RunStatus, check_event_name
+from aiki._core.serde import Decoder, encode
 from aiki._core.states import RunState
 from aiki.errors import WorkflowRunCancelledError, WorkflowRunFailedError
 
@@ -17,7 +17,7 @@ _RAW = Decoder(Any)
 
 
 class RunHandle(Generic[R]):
-    """A reference to one workflow run: its status, history, result, and cancellation."""
+    """A reference to one workflow run: its status, history, result, events and cancellation."""
 
     __slots__ = ("_api", "_result", "id")
 
@@ -65,6 +65,40 @@ class RunHandle(Generic[R]):
         raise TimeoutError(
             f"workflow run {self.id} is still {status.state} after {timeout} seconds"
         )
+
+    async def send_event(
+        self, name: str, data: object = None, idempotency_key: str | None = None
+    ) -> EventSent:
+        """Send the run an event: the data its `workflow_run.wait_for_event(name)` returns.
+
+        Events of one name are received in the order they were sent; one sent before the
+        run waits for it is kept until it does.
+
+        Args:
+            name: The event's name, as the workflow waits for it.
+            data: A JSON value or a pydantic model.
+            idempotency_key: Sending again with the same key (and name) stores nothing new
+                and returns the event sent first.
+
+        Returns:
+            The event's `seq` and whether this call stored it (`created`).
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            EventRejectedError: the run has ended, or the key was sent with other data.
+            PayloadError: `data` is not JSON (PayloadTooLargeError: over the server's limit).
+            TypeError, ValueError: `name` or `idempotency_key` is not a non-empty str.
+        """
+        check_event_name(name)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
+            raise ValueError(f"idempotency_key must be a non-empty str, got {idempotency_key!r}")
+        data_json = encode(data, what=f"data of event {name!r}", limit=None)
+        new = NewEvent(
+            run_id=self.id, name=name, data_json=data_json, idempotency_key=idempotency_key
+        )
+        return await self._api.send_event(new)
 
     async def cancel(self, reason: str | None = None) -> RunStatus:
         """Cancel the run: at once if it is not running, else at its worker's next chance.

@@ -29,12 +29,15 @@ import pydantic
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
     PollReply,
     PollRequest,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
@@ -48,12 +51,15 @@ from aiki._core.states import RunState
 from aiki._core.wire import (
     EnqueuedBody,
     ErrorBody,
+    EventSentBody,
     FinishBody,
     FinishTaskBody,
     FinishTaskReplyBody,
     HeartbeatBody,
     HeartbeatReplyBody,
     HistoryBody,
+    NextEventBody,
+    NextEventReplyBody,
     PollReplyBody,
     RegisterWorkerBody,
     ReleaseBody,
@@ -69,14 +75,17 @@ from aiki._core.wire import (
     dump_new_run,
     dump_poll_request,
     dump_run_outcome,
+    dump_send_event,
     dump_task_end,
     dump_task_start,
     dump_wait_info,
     dump_workflow_key,
     load_enqueued,
     load_error,
+    load_event_sent,
     load_heartbeat_reply,
     load_history,
+    load_next_event_reply,
     load_poll_reply,
     load_run_page,
     load_run_status,
@@ -115,6 +124,8 @@ _WORKFLOWS = Schema(WorkflowsBody)
 _POLL_REPLY = Schema(PollReplyBody)
 _HEARTBEAT_REPLY = Schema(HeartbeatReplyBody)
 _FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
+_EVENT_SENT = Schema(EventSentBody)
+_NEXT_EVENT_REPLY = Schema(NextEventReplyBody)
 _ERROR = Schema(ErrorBody)
 
 # Replies of a proxy or load balancer with no server behind it (ours carry an error code).
@@ -349,6 +360,18 @@ class HttpApi:
         )
         return load_run_status(body)
 
+    async def send_event(self, new: NewEvent) -> EventSent:
+        """See `EngineApi.send_event`."""
+        body = await self._call(
+            _EVENT_SENT,
+            "POST",
+            _run_path(new.run_id, "/events"),
+            body=dump_send_event(new),
+            idempotent=new.idempotency_key is not None,
+            run_id=new.run_id,
+        )
+        return load_event_sent(body)
+
     async def list_runs(
         self,
         *,
@@ -449,6 +472,19 @@ class HttpApi:
             run_id=lease.run_id,
         )
         return body["cancel_requested"]
+
+    async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
+        """See `EngineApi.next_event`."""
+        request: NextEventBody = {"revision": lease.revision, "name": name, "after_seq": after_seq}
+        body = await self._call(
+            _NEXT_EVENT_REPLY,
+            "POST",
+            _run_path(lease.run_id, "/events/next"),
+            body=request,
+            idempotent=True,  # a read
+            run_id=lease.run_id,
+        )
+        return load_next_event_reply(body)
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         """See `EngineApi.suspend`."""

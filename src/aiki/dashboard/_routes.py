@@ -326,6 +326,8 @@ def _note(run: RunStatus, workers: Sequence[WorkerInfo]) -> str:
             return f"no live worker serves {key}"
     if run.wait is not None:
         detail = f" of {run.wait.detail}" if run.wait.detail else ""
+        if run.wait.until_ms is None:
+            return f"{run.wait.kind.value}{detail}"
         return f"{run.wait.kind.value}{detail} until {format_time(run.wait.until_ms)}"
     if run.state is RunState.FAILED and run.error is not None:
         return f"{run.error.type.rsplit('.', 1)[-1]}: {run.error.message}"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from aiki._core.models import EventKind, HistoryEvent, WaitInfo, WaitKind, sleep_name
+from aiki._core.models import EventKind, HistoryEvent, WaitInfo, WaitKind, event_name, sleep_name
 from aiki._core.states import RunState
 
 
@@ -122,6 +122,7 @@ _LABELS: dict[EventKind, str] = {
     EventKind.TASK_COMPLETED: "task completed",
     EventKind.TASK_FAILED: "task failed",
     EventKind.CANCEL_REQUESTED: "cancel requested",
+    EventKind.EVENT_SENT: "event sent",
     EventKind.COMPLETED: "completed",
     EventKind.FAILED: "failed",
     EventKind.CANCELLED: "cancelled",
@@ -149,14 +150,26 @@ def timeline(history: Sequence[HistoryEvent]) -> list[TimelineEntry]:
             error=ErrorView.from_data(event.data.get("error")),
         )
         for event in history
-        if not (event.kind is EventKind.TASK_STARTED and _sleep_of(event) is not None)
+        if not (event.kind is EventKind.TASK_STARTED and _engine_record(event))
     ]
 
 
 def _label(event: HistoryEvent) -> str:
     if event.kind is EventKind.TASK_COMPLETED and _sleep_of(event) is not None:
         return "sleep"
+    if event.kind is EventKind.TASK_COMPLETED and _event_of(event) is not None:
+        return "wait for event"
     return _LABELS.get(event.kind, event.kind.value)
+
+
+def _event_of(event: HistoryEvent) -> str | None:
+    """The event's name if `event` is about a `wait_for_event` record."""
+    task = event.data.get("task")
+    return event_name(task) if isinstance(task, str) else None
+
+
+def _engine_record(event: HistoryEvent) -> bool:
+    return _sleep_of(event) is not None or _event_of(event) is not None
 
 
 def _sleep_of(event: HistoryEvent) -> str | None:
@@ -222,6 +235,9 @@ def _summarize_task(kind: EventKind, data: dict[str, Any]) -> str:
     sleep = sleep_name(str(data.get("task")))
     if sleep is not None:
         return _summarize_sleep(sleep, data)
+    waited = event_name(str(data.get("task")))
+    if waited is not None:  # the record's digest says what it holds
+        return f"{waited!r} #{data.get('index', 0)} {data.get('digest')}"
     text = f"{data.get('task')} #{data.get('index', 0)} attempt {data.get('attempt')}"
     if kind is EventKind.TASK_STARTED:
         return f"{text} on worker {data.get('worker_id')}"
@@ -246,6 +262,10 @@ def _summarize_sleep(name: str, data: dict[str, Any]) -> str:
     return text
 
 
+def _event_sent(kind: EventKind, data: dict[str, Any]) -> str:
+    return f"{data.get('name')!r} seq {data.get('seq')}"
+
+
 def _interrupted(data: dict[str, Any]) -> list[str]:
     tasks = data.get("interrupted") or []
     if not tasks:
@@ -266,6 +286,7 @@ _SUMMARIES: dict[EventKind, Callable[[EventKind, dict[str, Any]], str]] = {
     EventKind.TASK_COMPLETED: _summarize_task,
     EventKind.TASK_FAILED: _summarize_task,
     EventKind.CANCEL_REQUESTED: _cancel,
+    EventKind.EVENT_SENT: _event_sent,
     EventKind.CANCELLED: _cancel,
     EventKind.FAILED: _failed,
 }
@@ -279,7 +300,7 @@ def tasks(history: Sequence[HistoryEvent]) -> list[TaskView]:
     views: dict[tuple[str, str, int], TaskView] = {}
     for event in history:
         data = event.data
-        if _sleep_of(event) is not None:
+        if _engine_record(event):
             continue
         if event.kind is EventKind.TASK_STARTED:
             view = _view(views, data)
@@ -323,13 +344,14 @@ def sleeps(history: Sequence[HistoryEvent], wait: WaitInfo | None = None) -> lis
         for event in history
         if event.kind is EventKind.TASK_COMPLETED and (name := _sleep_of(event)) is not None
     ]
-    if wait is None or wait.kind is not WaitKind.SLEEP:
+    if wait is None or wait.kind is not WaitKind.SLEEP or wait.until_ms is None:
         return found
     candidates = [s for s in found if s.name == wait.detail]
     if not candidates:
         return found
     # The wait's time is exact, the views' are not quite (see `SleepView.until_ms`).
-    waited = min(candidates, key=lambda s: abs(s.until_ms - wait.until_ms))
+    until_ms = wait.until_ms
+    waited = min(candidates, key=lambda s: abs(s.until_ms - until_ms))
     return [replace(s, sleeping=True) if s is waited else s for s in found]
 
 

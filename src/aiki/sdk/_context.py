@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from aiki._core.ids import RunId
+from aiki._core.models import check_event_name
 from aiki.sdk._validate import check_name, sleep_duration_ms
 
 P = TypeVar("P")
@@ -25,6 +26,10 @@ class RunExecution(Protocol):
 
     def sleep(self, name: str, duration_ms: int) -> Awaitable[None]:
         """Sleep durably: replay the sleep `name` or record its wake-up, then wait for it."""
+        ...
+
+    def wait_for_event(self, name: str, timeout_ms: int | None) -> Awaitable[Any]:
+        """Replay or receive the next event `name`; TimeoutError after `timeout_ms`."""
         ...
 
     def now(self) -> datetime:
@@ -105,6 +110,39 @@ class WorkflowRun(Generic[P]):
         check_name(name, kind=f"workflow {self.name!r}: sleep")
         duration_ms = sleep_duration_ms(duration, what=f"workflow {self.name!r}: sleep {name!r}")
         await self._execution.sleep(name, duration_ms)
+
+    async def wait_for_event(self, name: str, timeout: timedelta | float | None = None) -> Any:
+        """Wait durably for the next event `name` sent to this run; return its data.
+
+        Events of one name are received one per call, in the order they were sent; an event
+        sent before the run waits for it is kept until it does. The event received is
+        recorded: on replay the call returns the same data at once, and a later event is
+        never received in its place. While no event is there the run waits off the worker
+        (`waiting`, kind `event`), and sending one wakes it.
+
+        A timeout is recorded too, from the first time the run reaches the wait: a replay
+        waits for the same deadline, and a wait that timed out times out again on replay.
+
+        Args:
+            name: The event's name, as `RunHandle.send_event(name, ...)` sends it.
+            timeout: A `timedelta` or a number of seconds; None waits for as long as it takes.
+
+        Returns:
+            The event's data, as a JSON value (a pydantic model sent arrives as its JSON).
+
+        Raises:
+            TimeoutError: no event came within `timeout`.
+            TypeError: `name` is not a str, or `timeout` is neither a timedelta nor a number.
+            ValueError: `name` is empty or too long, or `timeout` is negative or not finite.
+            asyncio.CancelledError: the run was cancelled while waiting.
+        """
+        check_event_name(name)
+        timeout_ms = (
+            None
+            if timeout is None
+            else sleep_duration_ms(timeout, what=f"workflow {self.name!r}: event {name!r} timeout")
+        )
+        return await self._execution.wait_for_event(name, timeout_ms)
 
     def __repr__(self) -> str:
         return f"WorkflowRun(id={self.id!r}, name={self.name!r}, version={self.version!r})"

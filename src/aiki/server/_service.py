@@ -17,12 +17,15 @@ from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     ClaimedRun,
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
     PollReply,
     PollRequest,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
@@ -32,11 +35,12 @@ from aiki._core.models import (
     WorkerInfo,
     WorkflowKey,
     WorkflowSummary,
+    check_event_name,
 )
 from aiki._core.serde import check_size
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
-from aiki.errors import RunNotFoundError, WorkflowNotFoundError
+from aiki.errors import InvalidRequestError, RunNotFoundError, WorkflowNotFoundError
 from aiki.queue import Announcement, LocalQueue, Queue
 from aiki.server._signals import KeyedSignal, Signal, wait_any
 from aiki.storage import Storage
@@ -176,6 +180,21 @@ class Service:
             self._announce(Announcement(cancels=frozenset(((status.worker_id, run_id),))))
         return status
 
+    async def send_event(self, new: NewEvent) -> EventSent:
+        try:
+            check_event_name(new.name)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(str(exc), field="name") from exc
+        check_size(
+            new.data_json,
+            what=f"data of event {new.name!r}",
+            limit=self._settings.max_payload_bytes,
+        )
+        sent = await self._storage.send_event(new)
+        if sent.woken and sent.workflow is not None:
+            self._announce(Announcement(ready=frozenset((sent.workflow,))))
+        return EventSent(seq=sent.seq, created=sent.created)  # the wake-up is ours alone
+
     # --- workers ------------------------------------------------------------------------
 
     async def register_worker(
@@ -266,8 +285,14 @@ class Service:
         return await self._storage.finish_task(lease, end)
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
-        await self._storage.suspend(lease, wait)
-        self._timers_changed.notify()
+        if await self._storage.suspend(lease, wait):
+            # An event the run waits for came while it ran: it is pending again at once.
+            self._announce(Announcement(ready_all=True))
+        else:
+            self._timers_changed.notify()
+
+    async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
+        return await self._storage.next_event(lease.run_id, name, after_seq)
 
     async def release(self, lease: Lease) -> None:
         await self._storage.release(lease)

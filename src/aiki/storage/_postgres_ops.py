@@ -21,13 +21,18 @@ import asyncpg
 
 from aiki._core.ids import RunId, WorkerId, new_run_id
 from aiki._core.models import (
+    EVENT_RECEIVED_DIGEST,
+    EVENT_TASK_PREFIX,
     ClaimedRun,
     Enqueued,
     EventKind,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskAddress,
@@ -46,6 +51,7 @@ from aiki._core.serde import loads
 from aiki._core.states import TARGET, RunAction, RunState, allowed, check_transition
 from aiki.errors import (
     ErrorInfo,
+    EventRejectedError,
     IdempotencyConflictError,
     LeaseLostError,
     RecoveryLimitError,
@@ -531,7 +537,7 @@ def _refused(lease: Lease, action: RunAction, state: str | None, revision: int |
     raise LeaseLostError(lease.run_id, lease.revision)
 
 
-async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> None:
+async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> bool:
     data = {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail}
     row = await _fetchone(
         db,
@@ -546,8 +552,88 @@ async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> No
         data=_json(data),
     )
     changed, state, revision = row
-    if not changed and not _sent_again(lease, RunState.WAITING, state, revision):
-        _refused(lease, RunAction.SUSPEND, state, revision)
+    if not changed:
+        if not _sent_again(lease, RunState.WAITING, state, revision):
+            _refused(lease, RunAction.SUSPEND, state, revision)
+        return False
+    if wait.kind is not WaitKind.EVENT:
+        return False
+    # An event sent while the run ran, after its code looked: wake it at once. A send locks
+    # the run until it commits, so by now every event that found the run running is visible.
+    woken: int = await _fetchval(
+        db,
+        "wake_for_event",
+        now=now,
+        id=lease.run_id,
+        revision=lease.revision + 1,
+        event_name=wait.detail,
+        task=EVENT_TASK_PREFIX + wait.detail,
+        digest=EVENT_RECEIVED_DIGEST,
+        data=_json({"kind": wait.kind.value, "detail": wait.detail}),
+    )
+    return woken > 0
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+async def send_event(db: Pool, now: int | None, new: NewEvent) -> EventSent:
+    async with db.acquire() as conn, conn.transaction():
+        row = await _fetchrow(conn, "lock_run_for_event", now=now, id=new.run_id)
+        if row is None:
+            raise RunNotFoundError(new.run_id)
+        state, workflow, version, wait_kind, clock = row
+        key = new.idempotency_key
+        if key is not None:
+            found = await _fetchrow(
+                conn, "event_by_key", run_id=new.run_id, event_name=new.name, key=key
+            )
+            if found is not None:
+                if found[1] != new.data_json:
+                    raise EventRejectedError.conflict(
+                        run_id=new.run_id, name=new.name, idempotency_key=key
+                    )
+                return EventSent(seq=found[0], created=False)
+        if RunState(state).is_final:
+            raise EventRejectedError.run_final(run_id=new.run_id, name=new.name, state=state)
+        seq: int = await _fetchval(
+            conn,
+            "insert_event",
+            run_id=new.run_id,
+            event_name=new.name,
+            data=new.data_json,
+            key=key,
+            now=clock,
+        )
+        data = _json({"name": new.name, "seq": seq})
+        await _execute(conn, "event_sent", id=new.run_id, now=clock, data=data)
+        # Any event wakes a run waiting for events: it may wait for several names at once
+        # (asyncio.gather), and a wake-up for a name it does not wait for only replays it.
+        woken = state == RunState.WAITING.value and wait_kind == WaitKind.EVENT.value
+        if woken:
+            check_transition(new.run_id, RunState.WAITING, RunAction.WAKE)
+            await _fetchval(
+                conn,
+                "wake_for_event",
+                now=clock,
+                id=new.run_id,
+                revision=None,
+                event_name=new.name,
+                task=None,
+                digest=None,
+                data=_json({"kind": WaitKind.EVENT.value, "detail": new.name}),
+            )
+    return EventSent(
+        seq=seq,
+        created=True,
+        woken=woken,
+        workflow=WorkflowKey(name=workflow, version=version) if woken else None,
+    )
+
+
+async def next_event(db: Pool, run_id: RunId, name: str, after_seq: int) -> RunEvent | None:
+    row = await _fetchrow(db, "next_event", run_id=run_id, event_name=name, after_seq=after_seq)
+    return None if row is None else RunEvent(seq=row[0], name=row[1], data_json=row[2])
 
 
 async def release(db: Pool, now: int | None, lease: Lease) -> None:

@@ -16,10 +16,13 @@ from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     ClaimedRun,
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
@@ -107,8 +110,32 @@ class Storage(Protocol):
         """
         ...
 
-    async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
-        """`running` → `waiting` until `wait.until_ms`; the worker's lease ends."""
+    async def suspend(self, lease: Lease, wait: WaitInfo) -> bool:
+        """`running` → `waiting` until `wait.until_ms`; the worker's lease ends.
+
+        A wait for an event (`WaitKind.EVENT`, `wait.detail` its name) whose run already has
+        an event of that name it has not received (one sent while it ran) goes on to
+        `pending` at once.
+
+        Returns:
+            Whether the run went on to `pending`.
+        """
+        ...
+
+    async def send_event(self, new: NewEvent) -> EventSent:
+        """Store an event for a run; wake the run if it waits for events.
+
+        With an idempotency key already used for this run and event name, the event sent
+        then is returned (`created` False) and nothing changes.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+            EventRejectedError: the run is final, or the key was used with other data.
+        """
+        ...
+
+    async def next_event(self, run_id: RunId, name: str, after_seq: int) -> RunEvent | None:
+        """The run's first event named `name` with a seq above `after_seq`, if any."""
         ...
 
     async def release(self, lease: Lease) -> None:

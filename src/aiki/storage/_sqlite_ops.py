@@ -15,13 +15,18 @@ from typing import Any
 from aiki._core.clock import Clock
 from aiki._core.ids import RunId, WorkerId, new_run_id
 from aiki._core.models import (
+    EVENT_RECEIVED_DIGEST,
+    EVENT_TASK_PREFIX,
     ClaimedRun,
     Enqueued,
     EventKind,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskAddress,
@@ -40,6 +45,7 @@ from aiki._core.serde import loads
 from aiki._core.states import RunAction, RunState, check_transition
 from aiki.errors import (
     ErrorInfo,
+    EventRejectedError,
     IdempotencyConflictError,
     LeaseLostError,
     RecoveryLimitError,
@@ -500,13 +506,13 @@ def finish_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, end: TaskE
     return cancel_requested
 
 
-def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo) -> None:
+def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo) -> bool:
     now = clock.now_ms()
     try:
         state, _, _ = _held_state(conn, lease)
     except LeaseLostError:
         if _moved_by_lease(conn, lease, RunState.WAITING):
-            return
+            return False
         raise
     target = check_transition(lease.run_id, state, RunAction.SUSPEND)
     conn.execute(
@@ -527,6 +533,82 @@ def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo
         target,
         {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail},
     )
+    if wait.kind is WaitKind.EVENT and _has_unconsumed_event(conn, lease.run_id, wait.detail):
+        # The event came while the run was running, after its code looked: wake it at once.
+        _wake(conn, lease.run_id, now, wait.kind.value, wait.detail)
+        return True
+    return False
+
+
+def _has_unconsumed_event(conn: sqlite3.Connection, run_id: str, name: str) -> bool:
+    row = conn.execute(
+        Q["unconsumed_event"],
+        {
+            "run_id": run_id,
+            "name": name,
+            "task": EVENT_TASK_PREFIX + name,
+            "digest": EVENT_RECEIVED_DIGEST,
+        },
+    ).fetchone()
+    return bool(row[0])
+
+
+def _wake(conn: sqlite3.Connection, run_id: str, now: int, kind: str, detail: str | None) -> None:
+    target = check_transition(run_id, RunState.WAITING, RunAction.WAKE)
+    conn.execute(Q["requeue_run"], {"id": run_id, "recovered": 0, "now": now})
+    _append_event(conn, run_id, now, EventKind.WOKEN, target, {"kind": kind, "detail": detail})
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+def send_event(conn: sqlite3.Connection, clock: Clock, new: NewEvent) -> EventSent:
+    now = clock.now_ms()
+    row = conn.execute(Q["run_for_event"], {"id": new.run_id}).fetchone()
+    if row is None:
+        raise RunNotFoundError(new.run_id)
+    state, workflow, version, wait_kind = row
+    key = new.idempotency_key
+    if key is not None:
+        found = conn.execute(
+            Q["event_by_key"], {"run_id": new.run_id, "name": new.name, "key": key}
+        ).fetchone()
+        if found is not None:
+            if found[1] != new.data_json:
+                raise EventRejectedError.conflict(
+                    run_id=new.run_id, name=new.name, idempotency_key=key
+                )
+            return EventSent(seq=found[0], created=False)
+    run_state = RunState(state)
+    if run_state.is_final:
+        raise EventRejectedError.run_final(run_id=new.run_id, name=new.name, state=state)
+    seq: int = conn.execute(
+        Q["insert_event"],
+        {"run_id": new.run_id, "name": new.name, "data": new.data_json, "key": key, "now": now},
+    ).fetchone()[0]
+    _append_event(
+        conn, new.run_id, now, EventKind.EVENT_SENT, run_state, {"name": new.name, "seq": seq}
+    )
+    # Any event wakes a run waiting for events: it may wait for several names at once
+    # (asyncio.gather), and a wake-up for a name it does not wait for only replays it.
+    woken = run_state is RunState.WAITING and wait_kind == WaitKind.EVENT.value
+    if woken:
+        _wake(conn, new.run_id, now, WaitKind.EVENT.value, new.name)
+    return EventSent(
+        seq=seq,
+        created=True,
+        woken=woken,
+        workflow=WorkflowKey(name=workflow, version=version) if woken else None,
+    )
+
+
+def next_event(
+    conn: sqlite3.Connection, run_id: RunId, name: str, after_seq: int
+) -> RunEvent | None:
+    row = conn.execute(
+        Q["next_event"], {"run_id": run_id, "name": name, "after_seq": after_seq}
+    ).fetchone()
+    return None if row is None else RunEvent(seq=row[0], name=row[1], data_json=row[2])
 
 
 def release(conn: sqlite3.Connection, clock: Clock, lease: Lease) -> None:
@@ -666,16 +748,7 @@ def fire_timers(
     if remaining > 0:
         rows = conn.execute(Q["due_waits"], {"now": now, "limit": remaining}).fetchall()
         for run_id, wait_kind, wait_detail in rows:
-            target = check_transition(run_id, RunState.WAITING, RunAction.WAKE)
-            conn.execute(Q["requeue_run"], {"id": run_id, "recovered": 0, "now": now})
-            _append_event(
-                conn,
-                run_id,
-                now,
-                EventKind.WOKEN,
-                target,
-                {"kind": wait_kind, "detail": wait_detail},
-            )
+            _wake(conn, run_id, now, wait_kind, wait_detail)
             woken.append(RunId(run_id))
     dues = [
         due

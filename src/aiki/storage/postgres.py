@@ -19,10 +19,13 @@ from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     ClaimedRun,
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
@@ -299,10 +302,19 @@ class PostgresStorage:
         now = self._now()
         return await self._call(lambda db: ops.finish_task(db, self._writers, now, lease, end))
 
-    async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
+    async def suspend(self, lease: Lease, wait: WaitInfo) -> bool:
         """See `Storage.suspend`."""
         now = self._now()
-        await self._call(lambda db: ops.suspend(db, now, lease, wait))
+        return await self._call(lambda db: ops.suspend(db, now, lease, wait))
+
+    async def send_event(self, new: NewEvent) -> EventSent:
+        """See `Storage.send_event`."""
+        now = self._now()
+        return await self._call(lambda db: ops.send_event(db, now, new))
+
+    async def next_event(self, run_id: RunId, name: str, after_seq: int) -> RunEvent | None:
+        """See `Storage.next_event`."""
+        return await self._call(lambda db: ops.next_event(db, run_id, name, after_seq))
 
     async def release(self, lease: Lease) -> None:
         """See `Storage.release`."""

@@ -17,10 +17,13 @@ from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     ClaimedRun,
     Enqueued,
+    EventSent,
     HeartbeatReply,
     HistoryEvent,
     Lease,
+    NewEvent,
     NewRun,
+    RunEvent,
     RunOutcome,
     RunStatus,
     TaskEnd,
@@ -204,10 +207,21 @@ class SqliteStorage:
         clock = self._clock
         return await self._open_writer().run(lambda conn: ops.finish_task(conn, clock, lease, end))
 
-    async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
+    async def suspend(self, lease: Lease, wait: WaitInfo) -> bool:
         """See `Storage.suspend`."""
         clock = self._clock
-        await self._open_writer().run(lambda conn: ops.suspend(conn, clock, lease, wait))
+        return await self._open_writer().run(lambda conn: ops.suspend(conn, clock, lease, wait))
+
+    async def send_event(self, new: NewEvent) -> EventSent:
+        """See `Storage.send_event`."""
+        clock = self._clock
+        return await self._open_writer().run(lambda conn: ops.send_event(conn, clock, new))
+
+    async def next_event(self, run_id: RunId, name: str, after_seq: int) -> RunEvent | None:
+        """See `Storage.next_event`."""
+        return await self._open_writer().run(
+            lambda conn: ops.next_event(conn, run_id, name, after_seq), write=False
+        )
 
     async def release(self, lease: Lease) -> None:
         """See `Storage.release`."""

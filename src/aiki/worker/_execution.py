@@ -8,7 +8,9 @@ unconsumed means the code no longer matches what was recorded, and the run fails
 
 A durable sleep is replayed the same way: its first call records its wake-up time (storage
 clock) as a completed task at `aiki.sleep/<name>`, addressed by name and occurrence only (not
-by duration), and every later replay waits for that recorded time.
+by duration), and every later replay waits for that recorded time. A wait for an event records
+the event it received (or its timeout) at `aiki.event/<name>`: a replay returns the same data
+and never reads the events again for it.
 
 Short waits (sleeps, retry backoffs) happen in place. A long one parks: it waits in place
 while other branches of the workflow (asyncio.gather) have work in flight, and once nothing
@@ -30,6 +32,10 @@ from aiki._core.api import EngineApi
 from aiki._core.clock import Clock, to_datetime
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
+    EVENT_DEADLINE_DIGEST,
+    EVENT_RECEIVED_DIGEST,
+    EVENT_TASK_PREFIX,
+    EVENT_TIMEOUT_DIGEST,
     SLEEP_TASK_PREFIX,
     ClaimedRun,
     Lease,
@@ -41,6 +47,7 @@ from aiki._core.models import (
     TaskStart,
     WaitInfo,
     WaitKind,
+    event_name,
     sleep_name,
 )
 from aiki._core.serde import JSONValue, digest, encode, encode_json_value, loads, to_json_value
@@ -70,6 +77,13 @@ _SETTLE_TURNS = 3
 # Every sleep's record has the same payload digest: a sleep is addressed by its name and
 # occurrence, so a duration computed differently on replay (from `now()`) is no divergence.
 _SLEEP_DIGEST = digest("{}")
+
+# Occurrences of `wait_for_event(name)` are counted under this digest; the n-th wait's
+# records sit at index n under the digests of `aiki._core.models` (received, timeout, deadline).
+_EVENT_WAIT_KEY = "wait"
+
+# A wait with no due time (an event without a timeout), among the parked waits' times.
+_NO_DEADLINE = 2**63 - 1
 
 
 class _Suspended(BaseException):
@@ -120,6 +134,9 @@ class RunExecution:
         self._wake_at_ms: int | None = None
         self._wait_kind = WaitKind.RETRY
         self._wait_detail = ""
+        self._event_wait: str | None = None  # an event waited for: a send must wake the run
+        # Per event name, the seq of the last event received (recorded): the next is after it.
+        self._events_received: dict[str, int] = _events_received(claimed.tasks)
         self._suspending = asyncio.Event()  # set with `_wake_at_ms`: wakes parked waits
         # Long waits (sleeps, retry backoffs) in progress, by id: (until_ms, kind, detail).
         self._parked: dict[int, tuple[int, WaitKind, str]] = {}
@@ -151,6 +168,9 @@ class RunExecution:
 
     def sleep(self, name: str, duration_ms: int) -> Awaitable[None]:
         return self._sleep(name, duration_ms)
+
+    def wait_for_event(self, name: str, timeout_ms: int | None) -> Awaitable[Any]:
+        return self._wait_for_event(name, timeout_ms)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -207,9 +227,12 @@ class RunExecution:
             outcome = RunOutcome(state=RunState.FAILED, error=ErrorInfo.from_exception(self._fatal))
         elif self._wake_at_ms is not None and reason is None:
             await self._idle.wait()  # let sibling attempts (asyncio.gather) record their results
-            wait = WaitInfo(
-                kind=self._wait_kind, until_ms=self._wake_at_ms, detail=self._wait_detail
-            )
+            until_ms = None if self._wake_at_ms == _NO_DEADLINE else self._wake_at_ms
+            if self._event_wait is not None:
+                # Whatever else is due first, an event must be able to wake the run.
+                wait = WaitInfo(kind=WaitKind.EVENT, until_ms=until_ms, detail=self._event_wait)
+            else:
+                wait = WaitInfo(kind=self._wait_kind, until_ms=until_ms, detail=self._wait_detail)
             await self._write(self._api.suspend(self.lease, wait))
             return
         if outcome is None:
@@ -303,7 +326,8 @@ class RunExecution:
         return self._fatal
 
     def _was_consumed(self, address: TaskAddress) -> bool:
-        return self._occurrences.get((address.task, address.digest), 0) > address.index
+        digest_key = _EVENT_WAIT_KEY if event_name(address.task) is not None else address.digest
+        return self._occurrences.get((address.task, digest_key), 0) > address.index
 
     async def _run_attempts(
         self, task: Task[Any, Any], address: TaskAddress, payload: Any, attempt: int
@@ -355,7 +379,8 @@ class RunExecution:
         self._progress += 1
         try:
             self._consider_suspending()
-            if not await self._wait_inline(self._worker_time_ms(until_ms)):
+            deadline = None if until_ms == _NO_DEADLINE else self._worker_time_ms(until_ms)
+            if not await self._wait_inline(deadline):
                 raise _Suspended
         finally:
             del self._parked[park_id]
@@ -392,6 +417,9 @@ class RunExecution:
                 seen = self._progress
             until_ms, kind, detail = min(self._parked.values())
             self._request_wait(kind, until_ms, detail)
+            for _, parked_kind, parked_detail in self._parked.values():
+                if parked_kind is WaitKind.EVENT:
+                    self._request_wait(parked_kind, _NO_DEADLINE, parked_detail)
         finally:
             self._decider = None
 
@@ -499,6 +527,8 @@ class RunExecution:
             self._wake_at_ms = until_ms
             self._wait_kind = kind
             self._wait_detail = detail
+        if kind is WaitKind.EVENT and self._event_wait is None:
+            self._event_wait = detail
         self._suspending.set()
 
     def _storage_now_ms(self) -> int:
@@ -568,15 +598,18 @@ class RunExecution:
             if await self._wait_inline(self._worker_time_ms(until_ms)):
                 return
 
-    async def _wait_inline(self, deadline_ms: int) -> bool:
-        """Wait on this worker's clock until `deadline_ms`.
+    async def _wait_inline(self, deadline_ms: int | None) -> bool:
+        """Wait on this worker's clock until `deadline_ms` (None: until the run suspends).
 
         False if the run is to suspend first: the caller then joins that suspension
         instead of holding it up.
         """
-        sleeper = asyncio.create_task(
-            self._clock.sleep_until_ms(deadline_ms), name=f"run {self.run_id} sleeping"
+        sleeping = (
+            self._suspending.wait()
+            if deadline_ms is None
+            else self._clock.sleep_until_ms(deadline_ms)
         )
+        sleeper = asyncio.create_task(sleeping, name=f"run {self.run_id} sleeping")
         suspending = asyncio.create_task(
             self._suspending.wait(), name=f"run {self.run_id} watching for a suspension"
         )
@@ -586,6 +619,92 @@ class RunExecution:
             sleeper.cancel()
             suspending.cancel()
         return not self._suspending.is_set()
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def _wait_for_event(self, name: str, timeout_ms: int | None) -> Any:
+        if self._wake_at_ms is not None:
+            raise _Suspended
+        task = EVENT_TASK_PREFIX + name
+        index = self._next_address(task, _EVENT_WAIT_KEY).index
+        received = TaskAddress(task=task, digest=EVENT_RECEIVED_DIGEST, index=index)
+        timed_out = TaskAddress(task=task, digest=EVENT_TIMEOUT_DIGEST, index=index)
+        deadline = self._recorded.get(
+            TaskAddress(task=task, digest=EVENT_DEADLINE_DIGEST, index=index)
+        )
+        if deadline is not None:
+            self._consume()
+        for address in (received, timed_out):
+            record = self._recorded.get(address)
+            if record is not None and record.outcome is TaskOutcome.COMPLETED:
+                self._consume()
+                value = self._recorded_value(f"event {name!r}", record)
+                if address is timed_out:
+                    raise _event_timeout(name, value.get("until_ms"))
+                return value.get("data")
+        async with self._busy():
+            if deadline is None:
+                await self._check_new_call(received)
+                until_ms = None
+            else:
+                until_ms = self._recorded_value(f"event {name!r}", deadline).get("until_ms")
+                if not isinstance(until_ms, int) or isinstance(until_ms, bool):
+                    raise self._bad_record(f"event {name!r}", deadline)
+            return await self._receive(name, index, timeout_ms, until_ms)
+
+    async def _receive(
+        self, name: str, index: int, timeout_ms: int | None, until_ms: int | None
+    ) -> Any:
+        """Take the next event `name` not yet received, or wait for one until `until_ms`."""
+        task = EVENT_TASK_PREFIX + name
+        while True:
+            after = self._events_received.get(name, 0)
+            event = await self._guard(self._api.next_event(self.lease, name, after))
+            if event is not None:
+                data = loads(event.data_json)
+                self._events_received[name] = max(after, event.seq)
+                record: JSONValue = {"seq": event.seq, "data": data}
+                await self._record(
+                    TaskAddress(task=task, digest=EVENT_RECEIVED_DIGEST, index=index), record
+                )
+                return data
+            if until_ms is None and timeout_ms is not None:
+                until_ms = self._storage_now_ms() + timeout_ms
+                if timeout_ms > 0:
+                    address = TaskAddress(task=task, digest=EVENT_DEADLINE_DIGEST, index=index)
+                    await self._record(address, {"until_ms": until_ms})
+            if until_ms is not None and self._storage_now_ms() >= until_ms:
+                address = TaskAddress(task=task, digest=EVENT_TIMEOUT_DIGEST, index=index)
+                await self._record(address, {"until_ms": until_ms})
+                raise _event_timeout(name, until_ms)
+            # Parked until the deadline (then look once more) or until the run suspends.
+            await self._park(WaitKind.EVENT, _NO_DEADLINE if until_ms is None else until_ms, name)
+
+    async def _record(self, address: TaskAddress, value: JSONValue) -> None:
+        """Record an engine record (an event received, a deadline, a timeout) as completed."""
+        end = TaskEnd(
+            address=address,
+            attempt=1,
+            worker_id=self._worker_id,
+            outcome=TaskOutcome.COMPLETED,
+            duration_ms=0,
+            result_json=encode_json_value(value, what=f"{address.task} record", limit=None),
+            start_reported=False,
+        )
+        await self._report(end)
+
+    def _recorded_value(self, what: str, record: TaskRecord) -> dict[str, Any]:
+        value = loads(record.result_json or "null")
+        if not isinstance(value, dict):
+            raise self._bad_record(what, record)
+        return value
+
+    def _bad_record(self, what: str, record: TaskRecord) -> NondeterminismError:
+        self._fatal = NondeterminismError(
+            f"workflow {self._workflow.name!r} version {self._workflow.version!r}, run "
+            f"{self.run_id}: the record of {what} is not one Aiki wrote: {record.result_json}"
+        )
+        return self._fatal
 
 
 class _PendingStart:
@@ -654,11 +773,38 @@ class _Retry:
 def _describe(address: TaskAddress, *, call: bool = False) -> str:
     """A recorded call for a person: `task 'x' (payload 1a2b..., call 2)`, `sleep 'y'`."""
     sleep = sleep_name(address.task)
-    details = [f"payload {address.digest[:12]}"] if sleep is None else []
+    event = event_name(address.task)
+    details = [f"payload {address.digest[:12]}"] if sleep is None and event is None else []
     if call:
         details.append(f"call {address.index + 1}")
-    what = f"task {address.task!r}" if sleep is None else f"sleep {sleep!r}"
+    if sleep is not None:
+        what = f"sleep {sleep!r}"
+    elif event is not None:
+        what = f"wait for event {event!r}"
+    else:
+        what = f"task {address.task!r}"
     return what + (f" ({', '.join(details)})" if details else "")
+
+
+def _events_received(records: tuple[TaskRecord, ...]) -> dict[str, int]:
+    """Per event name, the highest seq among the recorded events received."""
+    received: dict[str, int] = {}
+    for record in records:
+        name = event_name(record.address.task)
+        if name is None or record.address.digest != EVENT_RECEIVED_DIGEST:
+            continue
+        value = loads(record.result_json or "null")
+        seq = value.get("seq") if isinstance(value, dict) else None
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            received[name] = max(received.get(name, 0), seq)
+    return received
+
+
+def _event_timeout(name: str, until_ms: object) -> TimeoutError:
+    when = (
+        f" by {to_datetime(until_ms):%Y-%m-%d %H:%M:%S.%f} UTC" if isinstance(until_ms, int) else ""
+    )
+    return TimeoutError(f"no event {name!r} came{when}")
 
 
 def _retry_delay(task: Task[Any, Any], attempt: int, exc: Exception) -> int | None:

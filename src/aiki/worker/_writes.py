@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiki._core.api import EngineApi
-from aiki._core.models import Lease, RunOutcome, TaskEnd, TaskStart, WaitInfo
+from aiki._core.models import Lease, RunEvent, RunOutcome, TaskEnd, TaskStart, WaitInfo
 from aiki.errors import StorageError
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ _BACKOFF_S = (0.05, 0.25)
 
 
 class RetryingWrites:
-    """The five writes a `RunExecution` makes, over `api`, retried after `StorageError`."""
+    """The writes a `RunExecution` makes (and its one read), retried after `StorageError`."""
 
     def __init__(self, api: EngineApi) -> None:
         self._api = api
@@ -41,6 +41,9 @@ class RetryingWrites:
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         await self._retry(lease, lambda: self._api.suspend(lease, wait))
+
+    async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
+        return await self._retry(lease, lambda: self._api.next_event(lease, name, after_seq))
 
     async def release(self, lease: Lease) -> None:
         await self._retry(lease, lambda: self._api.release(lease))

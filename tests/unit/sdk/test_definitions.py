@@ -42,6 +42,10 @@ class FakeExecution:
     async def sleep(self, name: str, duration_ms: int) -> None:
         self.calls.append((f"sleep {name}", duration_ms))
 
+    async def wait_for_event(self, name: str, timeout_ms: int | None) -> Any:
+        self.calls.append((f"event {name}", timeout_ms))
+        return self.result
+
     def now(self) -> datetime:
         return datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -26,6 +26,9 @@ class SleepRecorder:
     async def sleep(self, name: str, duration_ms: int) -> None:
         self.sleeps.append((name, duration_ms))
 
+    async def wait_for_event(self, name: str, timeout_ms: int | None) -> Any:
+        raise AssertionError("no event is waited for here")
+
     def now(self) -> datetime:
         return datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""Endpoints applications use: enqueue, status, history, wait, cancel and the listings."""
+"""Endpoints applications use: enqueue, status, history, wait, cancel, events, listings."""
 
 from __future__ import annotations
 
@@ -10,22 +10,26 @@ from aiki._core.ids import RunId
 from aiki._core.wire import (
     CancelBody,
     EnqueuedBody,
+    EventSentBody,
     HistoryBody,
     ListRunsQuery,
     NewRunBody,
     RunPageBody,
     RunStatusBody,
     Schema,
+    SendEventBody,
     WaitQuery,
     WorkersBody,
     WorkflowsBody,
     dump_enqueued,
+    dump_event_sent,
     dump_history,
     dump_run_page,
     dump_run_status,
     dump_workers,
     dump_workflows,
     load_new_run,
+    load_send_event,
 )
 from aiki.server._api._base import Call, Endpoint, canonical_json, json_response
 
@@ -35,6 +39,8 @@ RUN_STATUS = Schema(RunStatusBody)
 HISTORY = Schema(HistoryBody)
 WAIT = Schema(WaitQuery)
 CANCEL = Schema(CancelBody)
+SEND_EVENT = Schema(SendEventBody)
+EVENT_SENT = Schema(EventSentBody)
 LIST_RUNS = Schema(ListRunsQuery)
 RUN_PAGE = Schema(RunPageBody)
 WORKERS = Schema(WorkersBody)
@@ -77,6 +83,14 @@ async def cancel(call: Call) -> Response:
     body = await call.body(CANCEL, optional=True)
     status = await call.api.cancel(RunId(call.path("run_id")), body.get("reason"))
     return json_response(dump_run_status(status))
+
+
+async def send_event(call: Call) -> Response:
+    """Store an event for the run (201), or find the one its idempotency key names (200)."""
+    new = load_send_event(RunId(call.path("run_id")), await call.body(SEND_EVENT))
+    data_json = canonical_json(new.data_json, what=f"data of event {new.name!r}")
+    sent = await call.api.send_event(replace(new, data_json=data_json))
+    return json_response(dump_event_sent(sent), 201 if sent.created else 200)
 
 
 async def list_runs(call: Call) -> Response:
@@ -166,6 +180,19 @@ ENDPOINTS = (
         body=CANCEL,
         reply=RUN_STATUS,
         errors=_RUN,
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/events",
+        name="send_event",
+        summary=(
+            "Send an event to a run (201), or return the event its idempotency key names (200)"
+        ),
+        handler=send_event,
+        body=SEND_EVENT,
+        reply=EVENT_SENT,
+        status=201,
+        errors=(*_RUN, "event_rejected", "payload_too_large", "payload_invalid"),
     ),
     Endpoint(
         method="GET",

@@ -20,6 +20,8 @@ from aiki._core.wire import (
     FinishTaskReplyBody,
     HeartbeatBody,
     HeartbeatReplyBody,
+    NextEventBody,
+    NextEventReplyBody,
     PollReplyBody,
     PollRequestBody,
     RegisterWorkerBody,
@@ -29,6 +31,7 @@ from aiki._core.wire import (
     SuspendBody,
     UnregisterWorkerBody,
     dump_heartbeat_reply,
+    dump_next_event_reply,
     dump_poll_reply,
     load_lease,
     load_poll_request,
@@ -58,6 +61,8 @@ START_TASK = Schema(StartTaskBody)
 FINISH_TASK = Schema(FinishTaskBody)
 FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
 SUSPEND = Schema(SuspendBody)
+NEXT_EVENT = Schema(NextEventBody)
+NEXT_EVENT_REPLY = Schema(NextEventReplyBody)
 RELEASE = Schema(ReleaseBody)
 FINISH = Schema(FinishBody)
 
@@ -133,8 +138,17 @@ async def finish_task(call: Call) -> Response:
     return json_response(reply)
 
 
+async def next_event(call: Call) -> Response:
+    """The held run's first event of a name after a seq, or null."""
+    body = await call.body(NEXT_EVENT)
+    event = await call.api.next_event(
+        _lease(call, body["revision"]), body["name"], body["after_seq"]
+    )
+    return json_response(dump_next_event_reply(event))
+
+
 async def suspend(call: Call) -> Response:
-    """Put the run to wait (a retry backoff) and free the worker."""
+    """Put the run to wait (a retry backoff, a sleep, an event) and free the worker."""
     body = await call.body(SUSPEND)
     await call.api.suspend(_lease(call, body["revision"]), load_wait_info(body["wait"]))
     return no_content()
@@ -225,6 +239,17 @@ ENDPOINTS = (
         body=FINISH_TASK,
         reply=FINISH_TASK_REPLY,
         errors=(*_LEASED, "payload_too_large", "payload_invalid"),
+        tag="workers",
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/{run_id}/events/next",
+        name="next_event",
+        summary="Read the run's first event of a name after a seq (leased)",
+        handler=next_event,
+        body=NEXT_EVENT,
+        reply=NEXT_EVENT_REPLY,
+        errors=_LEASED,
         tag="workers",
     ),
     Endpoint(

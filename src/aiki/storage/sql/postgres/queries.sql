@@ -589,3 +589,57 @@ FROM workflows AS wf
 LEFT JOIN counts ON counts.workflow = wf.name AND counts.version = wf.version
 LEFT JOIN live ON live.name = wf.name AND live.version = wf.version
 ORDER BY wf.name, wf.version;
+
+-- name: lock_run_for_event
+-- Locks the run for the whole send: a suspend of the run waits for the send to commit, so
+-- the event is either seen by the suspend (which then wakes the run) or finds it waiting.
+SELECT state, workflow, version, wait_kind, aiki_now_ms(:now) AS now
+FROM runs WHERE id = :id
+FOR UPDATE;
+
+-- name: event_by_key
+SELECT seq, data::text FROM events
+WHERE run_id = :run_id AND name = :event_name AND idempotency_key = :key;
+
+-- name: insert_event
+INSERT INTO events (run_id, name, data, idempotency_key, created_at)
+VALUES (:run_id, :event_name, :data::json, :key, :now)
+RETURNING seq;
+
+-- name: event_sent
+WITH bumped AS (
+    UPDATE runs SET last_seq = last_seq + 1 WHERE id = :id RETURNING id, last_seq, state
+)
+INSERT INTO history (run_id, seq, at, kind, state, data)
+SELECT id, last_seq, :now::bigint, 'event_sent', state, :data::json FROM bumped;
+
+-- name: wake_for_event
+-- A waiting run back to pending. With `:revision` and `:task` (after a suspend), only if it
+-- has more events of that name than its recorded waits received: one sent while it ran.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+changed AS (
+    UPDATE runs
+    SET state = 'pending', revision = revision + 1,
+        wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
+        worker_id = NULL, lease_expires_at = NULL, updated_at = clock.now,
+        last_seq = last_seq + 1
+    FROM clock
+    WHERE id = :id AND state = 'waiting'
+      AND (:revision::bigint IS NULL OR revision = :revision::bigint)
+      AND (:task::text IS NULL
+           OR (SELECT count(*) FROM events WHERE run_id = :id AND name = :event_name)
+              > (SELECT count(*) FROM task_results
+                 WHERE run_id = :id AND task = :task AND digest = :digest))
+    RETURNING id, last_seq, updated_at
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, last_seq, updated_at, 'run_woken', 'pending', :data::json FROM changed
+)
+SELECT count(*) FROM changed;
+
+-- name: next_event
+SELECT seq, name, data::text FROM events
+WHERE run_id = :run_id AND name = :event_name AND seq > :after_seq
+ORDER BY seq
+LIMIT 1;

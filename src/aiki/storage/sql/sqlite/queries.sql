@@ -205,3 +205,26 @@ WHERE run_id = :run_id AND task = :task AND digest = :digest AND idx = :idx;
 
 -- name: last_event
 SELECT kind, data FROM history WHERE run_id = :run_id ORDER BY seq DESC LIMIT 1;
+
+-- name: run_for_event
+SELECT state, workflow, version, wait_kind FROM runs WHERE id = :id;
+
+-- name: event_by_key
+SELECT seq, data FROM events WHERE run_id = :run_id AND name = :name AND idempotency_key = :key;
+
+-- name: insert_event
+INSERT INTO events (run_id, name, data, idempotency_key, created_at)
+VALUES (:run_id, :name, :data, :key, :now)
+RETURNING seq;
+
+-- name: next_event
+SELECT seq, name, data FROM events
+WHERE run_id = :run_id AND name = :name AND seq > :after_seq
+ORDER BY seq
+LIMIT 1;
+
+-- name: unconsumed_event
+-- Whether the run has more events of this name than its recorded waits have received.
+SELECT (SELECT count(*) FROM events WHERE run_id = :run_id AND name = :name)
+     > (SELECT count(*) FROM task_results
+        WHERE run_id = :run_id AND task = :task AND digest = :digest);
