@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
@@ -40,12 +40,19 @@ from aiki._core.models import (
 from aiki._core.serde import check_size
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
-from aiki.errors import InvalidRequestError, RunNotFoundError, WorkflowNotFoundError
+from aiki.errors import (
+    InvalidRequestError,
+    RunNotFoundError,
+    StorageError,
+    WorkflowNotFoundError,
+)
 from aiki.queue import Announcement, LocalQueue, Queue
 from aiki.server._signals import KeyedSignal, Signal, wait_any
 from aiki.storage import Storage
 
 _log = logging.getLogger("aiki.server")
+
+T = TypeVar("T")
 
 # While a long-poll waits, storage is read again this often even without a wake-up, so a
 # change made by another server process is seen even when the queue dropped the news.
@@ -53,6 +60,8 @@ _WAIT_RECHECK_S = 5.0
 # A worker that has not polled this server for so long is served by another one (or gone):
 # cancel requests for it, heard from other servers, are not kept here.
 _QUIET_WORKER_S = 300.0
+# Pauses before a worker's write is made again after a storage error.
+_STORAGE_RETRY_S = (0.05, 0.25)
 
 
 class Service:
@@ -204,9 +213,7 @@ class Service:
 
     async def unregister_worker(self, worker_id: WorkerId) -> None:
         await self._storage.unregister_worker(worker_id)
-        self._cancel_notices.pop(worker_id, None)  # nobody is left to read them
-        self._polled_at.pop(worker_id, None)
-        self._drained.pop(worker_id, None)
+        self._forget(worker_id)  # nobody is left to read its notices
 
     async def poll(self, request: PollRequest) -> PollReply:
         loop = asyncio.get_running_loop()
@@ -273,7 +280,7 @@ class Service:
         return await self._storage.heartbeat(worker_id, leases, lease_ms)
 
     async def start_task(self, lease: Lease, start: TaskStart) -> None:
-        await self._storage.start_task(lease, start)
+        await self._retried(lease, lambda: self._storage.start_task(lease, start))
 
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
         if end.result_json is not None:
@@ -282,20 +289,22 @@ class Service:
                 what=f"task {end.address.task!r} result",
                 limit=self._settings.max_payload_bytes,
             )
-        return await self._storage.finish_task(lease, end)
+        return await self._retried(lease, lambda: self._storage.finish_task(lease, end))
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
-        if await self._storage.suspend(lease, wait):
+        if await self._retried(lease, lambda: self._storage.suspend(lease, wait)):
             # An event the run waits for came while it ran: it is pending again at once.
             self._announce(Announcement(ready_all=True))
         else:
             self._timers_changed.notify()
 
     async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
-        return await self._storage.next_event(lease.run_id, name, after_seq)
+        return await self._retried(
+            lease, lambda: self._storage.next_event(lease.run_id, name, after_seq)
+        )
 
     async def release(self, lease: Lease) -> None:
-        await self._storage.release(lease)
+        await self._retried(lease, lambda: self._storage.release(lease))
         self._announce(Announcement(ready_all=True))
 
     async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
@@ -305,8 +314,24 @@ class Service:
                 what=f"result of workflow run {lease.run_id}",
                 limit=self._settings.max_payload_bytes,
             )
-        self._keep_final(await self._storage.finish(lease, outcome))
+        self._keep_final(await self._retried(lease, lambda: self._storage.finish(lease, outcome)))
         self._announce(Announcement(ended=frozenset((lease.run_id,))))
+
+    async def _retried(self, lease: Lease, write: Callable[[], Awaitable[T]]) -> T:
+        """A worker's write to its run, made again after a storage error.
+
+        Storage applies a repeated worker write once (a task end already recorded for its
+        attempt, a run already moved to the state asked for), so a write whose database
+        connection dropped can simply be made again, instead of the run waiting out its lease
+        and its interrupted task running twice.
+        """
+        for delay_s in _STORAGE_RETRY_S:
+            try:
+                return await write()
+            except StorageError as exc:
+                _log.warning("run %s: storage error (%s); writing again", lease.run_id, exc)
+            await asyncio.sleep(delay_s)  # real time: a test's fake clock must not hold it
+        return await write()
 
     def _keep_final(self, status: RunStatus) -> None:
         if self._run_ended.has_holders(status.id):
@@ -352,13 +377,17 @@ class Service:
         if news.cancels:
             self._note_cancels(news.cancels)
 
+    def _forget(self, worker: WorkerId) -> None:
+        """Drop what this server keeps about a worker that is gone or polls elsewhere."""
+        self._polled_at.pop(worker, None)
+        self._cancel_notices.pop(worker, None)
+        self._drained.pop(worker, None)
+
     def _note_cancels(self, cancels: frozenset[tuple[WorkerId, RunId]]) -> None:
         now = asyncio.get_running_loop().time()
-        for worker, _ in list(self._polled_at.items()):
-            if now - self._polled_at[worker] > _QUIET_WORKER_S:
-                del self._polled_at[worker]
-                self._cancel_notices.pop(worker, None)
-                self._drained.pop(worker, None)
+        for worker, polled_at in list(self._polled_at.items()):
+            if now - polled_at > _QUIET_WORKER_S:
+                self._forget(worker)
         for worker, run_id in cancels:
             # A worker polls one server at a time; the others need not keep its notices (its
             # heartbeat reply carries them too, from storage).

@@ -63,7 +63,6 @@ from aiki.errors import (
     TaskFailedError,
 )
 from aiki.sdk import Task, TaskContext, Workflow, WorkflowRun
-from aiki.worker._writes import RetryingWrites
 
 _log = logging.getLogger("aiki.worker")
 
@@ -117,7 +116,7 @@ class RunExecution:
     ) -> None:
         self.run_id: RunId = claimed.run.id
         self.lease = Lease(run_id=claimed.run.id, revision=claimed.revision)
-        self._api = RetryingWrites(api)
+        self._api = api
         self._claimed = claimed
         self._workflow = workflow
         self._worker_id = worker_id
