@@ -548,7 +548,7 @@ class RunExecution:
         async with self._busy():
             if record is not None and record.outcome is TaskOutcome.COMPLETED:
                 self._consume()
-                until_ms = self._recorded_wake(name, record)
+                until_ms = self._recorded_wake(f"sleep {name!r}", record)
             else:
                 await self._check_new_call(address)
                 until_ms = await self._record_sleep(address, duration_ms)
@@ -557,30 +557,17 @@ class RunExecution:
     async def _record_sleep(self, address: TaskAddress, duration_ms: int) -> int:
         """Record the sleep's wake-up time: one write, before any waiting."""
         until_ms = self._storage_now_ms() + duration_ms
-        result: JSONValue = {"duration_ms": duration_ms, "until_ms": until_ms}
-        end = TaskEnd(
-            address=address,
-            attempt=1,
-            worker_id=self._worker_id,
-            outcome=TaskOutcome.COMPLETED,
-            duration_ms=duration_ms,  # the history shows how long the sleep is
-            result_json=encode_json_value(result, what="sleep record", limit=None),
-            start_reported=False,
-        )
-        await self._report(end)
+        record: JSONValue = {"duration_ms": duration_ms, "until_ms": until_ms}
+        # The history shows how long the sleep is.
+        await self._record(address, record, duration_ms=duration_ms)
         return until_ms
 
-    def _recorded_wake(self, name: str, record: TaskRecord) -> int:
-        value = loads(record.result_json or "null")
-        until = value.get("until_ms") if isinstance(value, dict) else None
+    def _recorded_wake(self, what: str, record: TaskRecord) -> int:
+        """The `until_ms` a record holds (a sleep's wake-up, an event wait's deadline)."""
+        until = self._recorded_value(what, record).get("until_ms")
         if isinstance(until, int) and not isinstance(until, bool):
             return until
-        self._fatal = NondeterminismError(
-            f"workflow {self._workflow.name!r} version {self._workflow.version!r}, run "
-            f"{self.run_id}: the record of sleep {name!r} holds no wake-up time: "
-            f"{record.result_json}"
-        )
-        raise self._fatal
+        raise self._bad_record(what, record)
 
     async def _sleep_until(self, name: str, until_ms: int) -> None:
         """Wait for a sleep's wake-up time: in place if it is near, else parked."""
@@ -646,9 +633,7 @@ class RunExecution:
                 await self._check_new_call(received)
                 until_ms = None
             else:
-                until_ms = self._recorded_value(f"event {name!r}", deadline).get("until_ms")
-                if not isinstance(until_ms, int) or isinstance(until_ms, bool):
-                    raise self._bad_record(f"event {name!r}", deadline)
+                until_ms = self._recorded_wake(f"event {name!r}", deadline)
             return await self._receive(name, index, timeout_ms, until_ms)
 
     async def _receive(
@@ -679,14 +664,20 @@ class RunExecution:
             # Parked until the deadline (then look once more) or until the run suspends.
             await self._park(WaitKind.EVENT, _NO_DEADLINE if until_ms is None else until_ms, name)
 
-    async def _record(self, address: TaskAddress, value: JSONValue) -> None:
-        """Record an engine record (an event received, a deadline, a timeout) as completed."""
+    async def _record(
+        self, address: TaskAddress, value: JSONValue, *, duration_ms: int = 0
+    ) -> None:
+        """Write an engine record as a completed task, in one write.
+
+        Records are a sleep's wake-up time, an event received, an event wait's deadline or
+        its timeout.
+        """
         end = TaskEnd(
             address=address,
             attempt=1,
             worker_id=self._worker_id,
             outcome=TaskOutcome.COMPLETED,
-            duration_ms=0,
+            duration_ms=duration_ms,
             result_json=encode_json_value(value, what=f"{address.task} record", limit=None),
             start_reported=False,
         )
