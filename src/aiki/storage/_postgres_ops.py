@@ -12,7 +12,6 @@ from the same state machine. `now` is a test clock's reading, or None for the da
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -35,9 +34,7 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
-    TaskAddress,
     TaskEnd,
-    TaskOutcome,
     TaskRecord,
     TaskStart,
     TimerReport,
@@ -54,12 +51,31 @@ from aiki.errors import (
     EventRejectedError,
     IdempotencyConflictError,
     LeaseLostError,
-    RecoveryLimitError,
     RunNotFoundError,
     StorageError,
 )
 from aiki.storage._postgres_batch import WriteBatcher
-from aiki.storage._postgres_schema import Query, load_postgres_queries
+from aiki.storage._postgres_schema import load_postgres_queries
+from aiki.storage._records import (
+    END_ACTIONS,
+    END_EVENTS,
+    dump_json,
+    error_text,
+    history_event,
+    interrupted_tasks,
+    lease_expired_error,
+    list_params,
+    list_query_name,
+    run_from_row,
+    sent_again,
+    task_end_data,
+    task_end_kind,
+    task_record,
+    task_start_data,
+    wait_data,
+    workflow_keys,
+    workflow_keys_json,
+)
 
 # Strings: the stubs make these generic; asyncpg's classes are not subscriptable at run time.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
@@ -69,24 +85,8 @@ Executor: TypeAlias = "Pool | Connection"  # a statement runs on either
 
 Q = load_postgres_queries()
 
-LEASE_EXPIRED_ERROR_TYPE = f"{RecoveryLimitError.__module__}.{RecoveryLimitError.__qualname__}"
-
-# Sorts after every run id (ids are lowercase hex, compared bytewise): no lower bound for paging.
-_FIRST_PAGE = "~"
-
 # A statement that found its run moved by a concurrent write is run again, this often at most.
 _RACE_RETRIES = 5
-
-_END_ACTIONS = {
-    RunState.COMPLETED: RunAction.COMPLETE,
-    RunState.FAILED: RunAction.FAIL,
-    RunState.CANCELLED: RunAction.CANCEL,
-}
-_END_EVENTS = {
-    RunState.COMPLETED: EventKind.COMPLETED,
-    RunState.FAILED: EventKind.FAILED,
-    RunState.CANCELLED: EventKind.CANCELLED,
-}
 
 
 def _allowed_states(action: RunAction) -> list[str]:
@@ -165,52 +165,7 @@ class Writers:
         )
 
 
-# --- rows and JSON ----------------------------------------------------------------------------
-
-
-# Built once: `json.dumps` with non-default options builds a new encoder on every call.
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _error_text(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _json(error.to_json())
-
-
-def _error_info(text: str | None) -> ErrorInfo | None:
-    return None if text is None else ErrorInfo.from_json(json.loads(text))
-
-
-def run_from_row(row: Record, start: int = 0) -> RunStatus:
-    """A `RunStatus` from the run columns, in queries.sql's order, from column `start` on."""
-    (run_id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-     recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-     lease_expires_at, cancel_requested, cancel_reason, created_at,
-     updated_at) = row[start:start + 20]  # fmt: skip
-    wait = (
-        None
-        if wait_kind is None
-        else WaitInfo(kind=WaitKind(wait_kind), until_ms=wait_until, detail=wait_detail or "")
-    )
-    return RunStatus(
-        id=RunId(run_id),
-        workflow=workflow,
-        version=version,
-        state=RunState(state),
-        payload=loads(payload),
-        result=None if result is None else loads(result),
-        error=_error_info(error),
-        idempotency_key=idempotency_key,
-        attempt=attempt,
-        recovery_attempts=recovery_attempts,
-        revision=revision,
-        wait=wait,
-        worker_id=None if worker_id is None else WorkerId(worker_id),
-        lease_expires_at_ms=lease_expires_at,
-        cancel_requested=cancel_requested,
-        cancel_reason=cancel_reason,
-        created_at_ms=created_at,
-        updated_at_ms=updated_at,
-    )
+# --- statements ---------------------------------------------------------------------------------
 
 
 async def _fetch(db: Executor, name: str, **params: Any) -> list[Record]:
@@ -304,17 +259,6 @@ async def get_run(db: Pool, run_id: RunId) -> RunStatus | None:
     return None if row is None else run_from_row(row)
 
 
-def _list_query(workflow: str | None, state: RunState | None) -> Query:
-    # One statement per filter combination: each gets a plan for its own index.
-    if workflow is not None and state is not None:
-        return Q["list_runs_by_workflow_and_state"]
-    if workflow is not None:
-        return Q["list_runs_by_workflow"]
-    if state is not None:
-        return Q["list_runs_by_state"]
-    return Q["list_runs"]
-
-
 async def list_runs(
     db: Pool,
     *,
@@ -325,26 +269,13 @@ async def list_runs(
 ) -> list[RunStatus]:
     if limit <= 0:
         return []
-    params: dict[str, Any] = {"after": _FIRST_PAGE if after is None else after, "limit": limit}
-    if workflow is not None:
-        params["workflow"] = workflow
-    if state is not None:
-        params["state"] = state.value
-    query = _list_query(workflow, state)
+    params = list_params(workflow, state, after, limit)
+    query = Q[list_query_name(workflow, state)]
     return [run_from_row(row) for row in await db.fetch(query.sql, *query.args(params))]
 
 
 async def get_history(db: Pool, run_id: RunId) -> list[HistoryEvent]:
-    return [
-        HistoryEvent(
-            seq=seq,
-            at_ms=at,
-            kind=EventKind(kind),
-            state=RunState(state),
-            data=json.loads(data) if data else {},
-        )
-        for seq, at, kind, state, data in await db.fetch(Q["get_history"].sql, run_id)
-    ]
+    return [history_event(*row) for row in await db.fetch(Q["get_history"].sql, run_id)]
 
 
 async def cancel(db: Pool, now: int | None, run_id: RunId, reason: str | None) -> RunStatus:
@@ -372,16 +303,8 @@ def _task_records(row: Record) -> tuple[TaskRecord, ...]:
     if tasks is None:
         return ()
     return tuple(
-        TaskRecord(
-            address=TaskAddress(task=task, digest=digest, index=index),
-            outcome=TaskOutcome(outcome),
-            attempts=count,
-            result_json=result,
-            error=_error_info(error),
-        )
-        for task, digest, index, outcome, count, result, error in zip(
-            tasks, digests, indexes, outcomes, attempts, results, errors, strict=True
-        )
+        task_record(*fields)
+        for fields in zip(tasks, digests, indexes, outcomes, attempts, results, errors, strict=True)
     )
 
 
@@ -438,21 +361,11 @@ async def heartbeat(
     return HeartbeatReply(lost=lost, cancel_requested=cancels)
 
 
-def _task_data(address: TaskAddress, attempt: int, worker_id: WorkerId) -> dict[str, Any]:
-    return {
-        "task": address.task,
-        "index": address.index,
-        "digest": address.digest,
-        "attempt": attempt,
-        "worker_id": worker_id,
-    }
-
-
 async def start_task(
     db: Pool, writers: Writers, now: int | None, lease: Lease, start: TaskStart
 ) -> None:
     address = start.address
-    data = _task_data(address, start.attempt, start.worker_id)
+    data = task_start_data(address, start.attempt, start.worker_id)
     row = await writers.start_task.write(
         db,
         lease.run_id,
@@ -464,7 +377,7 @@ async def start_task(
             address.digest,
             address.index,
             start.attempt,
-            _json(data),
+            dump_json(data),
         ),
     )
     if row is None:
@@ -475,19 +388,13 @@ async def finish_task(
     db: Pool, writers: Writers, now: int | None, lease: Lease, end: TaskEnd
 ) -> bool:
     address = end.address
-    kind = (
-        EventKind.TASK_COMPLETED if end.outcome is TaskOutcome.COMPLETED else EventKind.TASK_FAILED
-    )
-    start = _task_data(address, end.attempt, end.worker_id)
     # Stamped with the end's time, not now - duration, as SQLite does: the worker's clock is
     # not the storage's, and the history's times must not go backwards.
-    start_data = None if end.start_reported else _json(start)
-    data = start | {
-        "duration_ms": end.duration_ms,
-        "error": None if end.error is None else end.error.to_json(),
-        "final": end.outcome is TaskOutcome.FAILED,
-        "retry_delay_ms": end.retry_delay_ms,
-    }
+    start_data = (
+        None
+        if end.start_reported
+        else dump_json(task_start_data(address, end.attempt, end.worker_id))
+    )
     row = await writers.finish_task.write(
         db,
         lease.run_id,
@@ -501,9 +408,9 @@ async def finish_task(
             end.outcome.value,
             end.attempt,
             end.result_json,
-            _error_text(end.error),
-            kind.value,
-            _json(data),
+            error_text(end.error),
+            task_end_kind(end).value,
+            dump_json(task_end_data(end)),
             start_data,
         ),
     )
@@ -511,17 +418,6 @@ async def finish_task(
         raise LeaseLostError(lease.run_id, lease.revision)
     cancel_requested: bool = row[1]
     return cancel_requested
-
-
-def _sent_again(lease: Lease, target: RunState, state: str | None, revision: int | None) -> bool:
-    """Whether `lease`'s holder already moved the run to `target`: its write, sent again.
-
-    A worker sends a write again when the reply to the first was lost (the server died, the
-    connection dropped). A write that ends a lease bumps the revision once; finding the run in
-    the state it asked for, one revision on, means the first one was applied. `state` and
-    `revision` are the run as the refused statement's snapshot saw it.
-    """
-    return state == target.value and revision == lease.revision + 1
 
 
 def _refused(lease: Lease, action: RunAction, state: str | None, revision: int | None) -> None:
@@ -538,7 +434,6 @@ def _refused(lease: Lease, action: RunAction, state: str | None, revision: int |
 
 
 async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> bool:
-    data = {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail}
     row = await _fetchone(
         db,
         "suspend",
@@ -549,11 +444,11 @@ async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> bo
         wait_kind=wait.kind.value,
         wait_until=wait.until_ms,
         wait_detail=wait.detail,
-        data=_json(data),
+        data=dump_json(wait_data(wait)),
     )
     changed, state, revision = row
     if not changed:
-        if not _sent_again(lease, RunState.WAITING, state, revision):
+        if not sent_again(lease, RunState.WAITING, state, revision):
             _refused(lease, RunAction.SUSPEND, state, revision)
         return False
     if wait.kind is not WaitKind.EVENT:
@@ -569,7 +464,7 @@ async def suspend(db: Pool, now: int | None, lease: Lease, wait: WaitInfo) -> bo
         event_name=wait.detail,
         task=EVENT_TASK_PREFIX + wait.detail,
         digest=EVENT_RECEIVED_DIGEST,
-        data=_json({"kind": wait.kind.value, "detail": wait.detail}),
+        data=dump_json({"kind": wait.kind.value, "detail": wait.detail}),
     )
     return woken > 0
 
@@ -605,7 +500,7 @@ async def send_event(db: Pool, now: int | None, new: NewEvent) -> EventSent:
             key=key,
             now=clock,
         )
-        data = _json({"name": new.name, "seq": seq})
+        data = dump_json({"name": new.name, "seq": seq})
         await _execute(conn, "event_sent", id=new.run_id, now=clock, data=data)
         # Any event wakes a run waiting for events: it may wait for several names at once
         # (asyncio.gather), and a wake-up for a name it does not wait for only replays it.
@@ -621,7 +516,7 @@ async def send_event(db: Pool, now: int | None, new: NewEvent) -> EventSent:
                 event_name=new.name,
                 task=None,
                 digest=None,
-                data=_json({"kind": WaitKind.EVENT.value, "detail": new.name}),
+                data=dump_json({"kind": WaitKind.EVENT.value, "detail": new.name}),
             )
     return EventSent(
         seq=seq,
@@ -646,16 +541,16 @@ async def release(db: Pool, now: int | None, lease: Lease) -> None:
         allowed=_ALLOWED[RunAction.RELEASE],
     )
     changed, state, revision = row
-    if not changed and not _sent_again(lease, RunState.PENDING, state, revision):
+    if not changed and not sent_again(lease, RunState.PENDING, state, revision):
         _refused(lease, RunAction.RELEASE, state, revision)
 
 
 async def finish(
     db: Pool, writers: Writers, now: int | None, lease: Lease, outcome: RunOutcome
 ) -> RunStatus:
-    action = _END_ACTIONS[outcome.state]
+    action = END_ACTIONS[outcome.state]
     target = TARGET[action]
-    error = _error_text(outcome.error)
+    error = error_text(outcome.error)
     row = await writers.finish.write(
         db,
         lease.run_id,
@@ -665,7 +560,7 @@ async def finish(
             now,
             _ALLOWED_TEXT[action],
             target.value,
-            _END_EVENTS[target].value,
+            END_EVENTS[target].value,
             outcome.result_json,
             error,
             outcome.reason,
@@ -677,7 +572,7 @@ async def finish(
     if row[1] is not None:
         return run_from_row(row, 1)
     state, revision = row[24], row[31]  # the run's columns as the snapshot saw it: from 21
-    if _sent_again(lease, target, state, revision):
+    if sent_again(lease, target, state, revision):
         return run_from_row(row, 21)  # this end, sent again after its reply was lost
     _refused(lease, action, state, revision)
     raise AssertionError("unreachable: _refused raises")
@@ -696,7 +591,7 @@ async def register_worker(
         "register_worker",
         now=now,
         id=worker_id,
-        workflows=_json([{"name": key.name, "version": key.version} for key in keys]),
+        workflows=workflow_keys_json(keys),
         lease_ms=lease_ms,
         names=[key.name for key in keys],
         versions=[key.version for key in keys],
@@ -715,9 +610,7 @@ async def list_workers(db: Pool, now: int | None) -> list[WorkerInfo]:
     return [
         WorkerInfo(
             id=WorkerId(worker_id),
-            workflows=tuple(
-                WorkflowKey(name=k["name"], version=k["version"]) for k in json.loads(workflows)
-            ),
+            workflows=workflow_keys(workflows),
             last_seen_ms=last_seen,
             alive_until_ms=alive_until,
             alive=alive,
@@ -792,9 +685,9 @@ class _Changes:
         self.ids.append(run_id)
         self.states.append(state.value)
         self.recovered.append(recovered)
-        self.errors.append(_error_text(error))
+        self.errors.append(error_text(error))
         self.kinds.append(kind.value)
-        self.data.append(_json(data))
+        self.data.append(dump_json(data))
 
 
 async def _fire_due(
@@ -843,7 +736,7 @@ def _expire_lease(changes: _Changes, row: Record, *, max_recovery_attempts: int)
     losses = recovery_attempts + 1
     data: dict[str, Any] = {
         "worker_id": worker_id,
-        "interrupted": _interrupted_tasks(kinds or (), texts or ()),
+        "interrupted": interrupted_tasks(zip(kinds or (), texts or (), strict=True)),
     }
     if cancel_requested:
         target = check_transition(run_id, RunState.RUNNING, RunAction.CANCEL)
@@ -851,13 +744,7 @@ def _expire_lease(changes: _Changes, row: Record, *, max_recovery_attempts: int)
         changes.add(run_id, target, EventKind.CANCELLED, data)
     elif losses > max_recovery_attempts:
         target = check_transition(run_id, RunState.RUNNING, RunAction.FAIL)
-        error = ErrorInfo(
-            type=LEASE_EXPIRED_ERROR_TYPE,
-            message=(
-                f"workflow run {run_id} lost its worker {losses} time(s), the last time worker "
-                f"{worker_id!r}; max_recovery_attempts is {max_recovery_attempts}"
-            ),
-        )
+        error = lease_expired_error(run_id, losses, worker_id, max_recovery_attempts)
         data |= {"error": error.to_json(), "lease_expired": True}
         changes.add(run_id, target, EventKind.FAILED, data, error=error)
     else:
@@ -865,16 +752,3 @@ def _expire_lease(changes: _Changes, row: Record, *, max_recovery_attempts: int)
         data["recovery_attempts"] = losses
         changes.add(run_id, target, EventKind.LEASE_EXPIRED, data, recovered=1)
     return target
-
-
-def _interrupted_tasks(kinds: Sequence[str], texts: Sequence[str]) -> list[dict[str, Any]]:
-    """The task attempts the lost worker started and never reported, oldest first."""
-    started: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for kind, text in zip(kinds, texts, strict=True):
-        data = json.loads(text)
-        key = (data["task"], data["digest"], data["index"], data["attempt"])
-        if kind == EventKind.TASK_STARTED.value:
-            started[key] = {name: data[name] for name in ("task", "index", "digest", "attempt")}
-        else:
-            started.pop(key, None)
-    return list(started.values())

@@ -31,7 +31,6 @@ from aiki._core.models import (
     RunStatus,
     TaskAddress,
     TaskEnd,
-    TaskOutcome,
     TaskRecord,
     TaskStart,
     TimerReport,
@@ -48,75 +47,34 @@ from aiki.errors import (
     EventRejectedError,
     IdempotencyConflictError,
     LeaseLostError,
-    RecoveryLimitError,
     RunNotFoundError,
+)
+from aiki.storage._records import (
+    END_ACTIONS,
+    END_EVENTS,
+    dump_json,
+    error_text,
+    history_event,
+    interrupted_tasks,
+    lease_expired_error,
+    list_params,
+    list_query_name,
+    run_from_row,
+    sent_again,
+    task_end_data,
+    task_end_kind,
+    task_record,
+    task_start_data,
+    wait_data,
+    workflow_keys,
+    workflow_keys_json,
 )
 from aiki.storage._sql_files import load_queries
 
 Q = load_queries("sqlite")
 
-LEASE_EXPIRED_ERROR_TYPE = f"{RecoveryLimitError.__module__}.{RecoveryLimitError.__qualname__}"
 
-# Sorts after every run id (ids are lowercase hex): `id < '~'` is "no lower bound" for paging.
-_FIRST_PAGE = "~"
-
-_END_ACTIONS = {
-    RunState.COMPLETED: RunAction.COMPLETE,
-    RunState.FAILED: RunAction.FAIL,
-    RunState.CANCELLED: RunAction.CANCEL,
-}
-_END_EVENTS = {
-    RunState.COMPLETED: EventKind.COMPLETED,
-    RunState.FAILED: EventKind.FAILED,
-    RunState.CANCELLED: EventKind.CANCELLED,
-}
-
-
-# --- rows and JSON ----------------------------------------------------------------------------
-
-
-# Built once: `json.dumps` with non-default options builds a new encoder on every call.
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _error_text(error: ErrorInfo | None) -> str | None:
-    return None if error is None else _json(error.to_json())
-
-
-def _error_info(text: str | None) -> ErrorInfo | None:
-    return None if text is None else ErrorInfo.from_json(json.loads(text))
-
-
-def run_from_row(row: Sequence[Any]) -> RunStatus:
-    """A `RunStatus` from the run columns, in the order every run query selects them."""
-    (run_id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-     recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-     lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at) = row  # fmt: skip
-    wait = (
-        None
-        if wait_kind is None
-        else WaitInfo(kind=WaitKind(wait_kind), until_ms=wait_until, detail=wait_detail or "")
-    )
-    return RunStatus(
-        id=RunId(run_id),
-        workflow=workflow,
-        version=version,
-        state=RunState(state),
-        payload=loads(payload),
-        result=None if result is None else loads(result),
-        error=_error_info(error),
-        idempotency_key=idempotency_key,
-        attempt=attempt,
-        recovery_attempts=recovery_attempts,
-        revision=revision,
-        wait=wait,
-        worker_id=None if worker_id is None else WorkerId(worker_id),
-        lease_expires_at_ms=lease_expires_at,
-        cancel_requested=bool(cancel_requested),
-        cancel_reason=cancel_reason,
-        created_at_ms=created_at,
-        updated_at_ms=updated_at,
-    )
+# --- events and leases --------------------------------------------------------------------------
 
 
 def _append_event(
@@ -134,7 +92,7 @@ def _append_event(
             "at": now,
             "kind": kind.value,
             "state": state.value,
-            "data": _json(data) if data else None,
+            "data": dump_json(data) if data else None,
         },
     )
 
@@ -153,14 +111,9 @@ def _held_state(conn: sqlite3.Connection, lease: Lease) -> tuple[RunState, bool,
 
 
 def _moved_by_lease(conn: sqlite3.Connection, lease: Lease, state: RunState) -> bool:
-    """Whether `lease`'s holder already moved the run to `state`: its write, sent again.
-
-    A worker sends a write again when the reply to the first was lost (the server died, the
-    connection dropped). The write that ends a lease bumps the revision once; finding the run
-    in the state it asked for, one revision on, means the first one was applied.
-    """
+    """Whether `lease`'s holder already moved the run to `state` (see `sent_again`)."""
     row = conn.execute(Q["lease_state"], {"id": lease.run_id}).fetchone()
-    return row is not None and row[1] == lease.revision + 1 and row[0] == state.value
+    return row is not None and sent_again(lease, state, row[0], row[1])
 
 
 def _running(conn: sqlite3.Connection, lease: Lease) -> bool:
@@ -240,34 +193,14 @@ def list_runs(
 ) -> list[RunStatus]:
     if limit <= 0:
         return []
-    params: dict[str, Any] = {"after": _FIRST_PAGE if after is None else after, "limit": limit}
-    if workflow is not None:
-        params["workflow"] = workflow
-    if state is not None:
-        params["state"] = state.value
+    params = list_params(workflow, state, after, limit)
     # One query per filter combination: SQLite picks its index when the query is prepared.
-    if workflow is not None and state is not None:
-        query = Q["list_runs_by_workflow_and_state"]
-    elif workflow is not None:
-        query = Q["list_runs_by_workflow"]
-    elif state is not None:
-        query = Q["list_runs_by_state"]
-    else:
-        query = Q["list_runs"]
+    query = Q[list_query_name(workflow, state)]
     return [run_from_row(row) for row in conn.execute(query, params)]
 
 
 def get_history(conn: sqlite3.Connection, run_id: RunId) -> list[HistoryEvent]:
-    return [
-        HistoryEvent(
-            seq=seq,
-            at_ms=at,
-            kind=EventKind(kind),
-            state=RunState(state),
-            data=json.loads(data) if data else {},
-        )
-        for seq, at, kind, state, data in conn.execute(Q["get_history"], {"run_id": run_id})
-    ]
+    return [history_event(*row) for row in conn.execute(Q["get_history"], {"run_id": run_id})]
 
 
 def cancel(conn: sqlite3.Connection, clock: Clock, run_id: RunId, reason: str | None) -> RunStatus:
@@ -309,7 +242,7 @@ def _end_run(
             "id": run_id,
             "state": state.value,
             "result": result_json,
-            "error": _error_text(error),
+            "error": error_text(error),
             "reason": reason,
             "now": now,
         },
@@ -365,17 +298,9 @@ def _task_records(conn: sqlite3.Connection, run_ids: list[RunId]) -> dict[str, l
     records: dict[str, list[TaskRecord]] = {}
     if not run_ids:
         return records
-    rows = conn.execute(Q["task_results_of_runs"], {"run_ids": _json(run_ids)})
-    for run_id, task, digest, index, outcome, attempts, result, error in rows:
-        records.setdefault(run_id, []).append(
-            TaskRecord(
-                address=TaskAddress(task=task, digest=digest, index=index),
-                outcome=TaskOutcome(outcome),
-                attempts=attempts,
-                result_json=result,
-                error=_error_info(error),
-            )
-        )
+    rows = conn.execute(Q["task_results_of_runs"], {"run_ids": dump_json(run_ids)})
+    for run_id, *fields in rows:
+        records.setdefault(run_id, []).append(task_record(*fields))
     return records
 
 
@@ -439,13 +364,7 @@ def _append_start(
         at_ms,
         EventKind.TASK_STARTED,
         RunState.RUNNING,
-        {
-            "task": address.task,
-            "index": address.index,
-            "digest": address.digest,
-            "attempt": attempt,
-            "worker_id": worker_id,
-        },
+        task_start_data(address, attempt, worker_id),
     )
 
 
@@ -478,31 +397,11 @@ def finish_task(conn: sqlite3.Connection, clock: Clock, lease: Lease, end: TaskE
             "outcome": end.outcome.value,
             "attempts": end.attempt,
             "result": end.result_json,
-            "error": _error_text(end.error),
+            "error": error_text(end.error),
             "now": now,
         },
     )
-    kind = (
-        EventKind.TASK_COMPLETED if end.outcome is TaskOutcome.COMPLETED else EventKind.TASK_FAILED
-    )
-    _append_event(
-        conn,
-        lease.run_id,
-        now,
-        kind,
-        RunState.RUNNING,
-        {
-            "task": address.task,
-            "index": address.index,
-            "digest": address.digest,
-            "attempt": end.attempt,
-            "worker_id": end.worker_id,
-            "duration_ms": end.duration_ms,
-            "error": None if end.error is None else end.error.to_json(),
-            "final": end.outcome is TaskOutcome.FAILED,
-            "retry_delay_ms": end.retry_delay_ms,
-        },
-    )
+    _append_event(conn, lease.run_id, now, task_end_kind(end), RunState.RUNNING, task_end_data(end))
     return cancel_requested
 
 
@@ -531,7 +430,7 @@ def suspend(conn: sqlite3.Connection, clock: Clock, lease: Lease, wait: WaitInfo
         now,
         EventKind.SUSPENDED,
         target,
-        {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail},
+        wait_data(wait),
     )
     if wait.kind is WaitKind.EVENT and _has_unconsumed_event(conn, lease.run_id, wait.detail):
         # The event came while the run was running, after its code looked: wake it at once.
@@ -634,7 +533,7 @@ def finish(conn: sqlite3.Connection, clock: Clock, lease: Lease, outcome: RunOut
             assert run is not None
             return run
         raise
-    target = check_transition(lease.run_id, state, _END_ACTIONS[outcome.state])
+    target = check_transition(lease.run_id, state, END_ACTIONS[outcome.state])
     run = _end_run(
         conn,
         lease.run_id,
@@ -649,7 +548,7 @@ def finish(conn: sqlite3.Connection, clock: Clock, lease: Lease, outcome: RunOut
         data["error"] = outcome.error.to_json()
     if target is RunState.CANCELLED:
         data["reason"] = run.cancel_reason
-    _append_event(conn, lease.run_id, now, _END_EVENTS[target], target, data)
+    _append_event(conn, lease.run_id, now, END_EVENTS[target], target, data)
     return run
 
 
@@ -666,7 +565,7 @@ def register_worker(
         Q["upsert_worker"],
         {
             "id": worker_id,
-            "workflows": _json([{"name": key.name, "version": key.version} for key in keys]),
+            "workflows": workflow_keys_json(keys),
             "now": now,
             "alive_until": now + lease_ms,
         },
@@ -688,9 +587,7 @@ def list_workers(conn: sqlite3.Connection, clock: Clock) -> list[WorkerInfo]:
     return [
         WorkerInfo(
             id=WorkerId(worker_id),
-            workflows=tuple(
-                WorkflowKey(name=k["name"], version=k["version"]) for k in json.loads(workflows)
-            ),
+            workflows=workflow_keys(workflows),
             last_seen_ms=last_seen,
             alive_until_ms=alive_until,
             alive=alive_until > now,
@@ -782,7 +679,9 @@ def _expire_lease(
     losses = recovery_attempts + 1
     data: dict[str, Any] = {
         "worker_id": worker_id,
-        "interrupted": _interrupted_tasks(conn, run_id),
+        "interrupted": interrupted_tasks(
+            conn.execute(Q["task_events_of_attempt"], {"run_id": run_id})
+        ),
     }
     if cancel_requested:
         target = check_transition(run_id, RunState.RUNNING, RunAction.CANCEL)
@@ -791,13 +690,7 @@ def _expire_lease(
         _append_event(conn, run_id, now, EventKind.CANCELLED, target, data)
     elif losses > max_recovery_attempts:
         target = check_transition(run_id, RunState.RUNNING, RunAction.FAIL)
-        error = ErrorInfo(
-            type=LEASE_EXPIRED_ERROR_TYPE,
-            message=(
-                f"workflow run {run_id} lost its worker {losses} time(s), the last time worker "
-                f"{worker_id!r}; max_recovery_attempts is {max_recovery_attempts}"
-            ),
-        )
+        error = lease_expired_error(run_id, losses, worker_id, max_recovery_attempts)
         _end_run(conn, run_id, now, target, error=error)
         data |= {"error": error.to_json(), "lease_expired": True}
         _append_event(conn, run_id, now, EventKind.FAILED, target, data)
@@ -807,16 +700,3 @@ def _expire_lease(
         data["recovery_attempts"] = losses
         _append_event(conn, run_id, now, EventKind.LEASE_EXPIRED, target, data)
     return target
-
-
-def _interrupted_tasks(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
-    """The task attempts the lost worker started and never reported, oldest first."""
-    started: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for kind, text in conn.execute(Q["task_events_of_attempt"], {"run_id": run_id}):
-        data = json.loads(text)
-        key = (data["task"], data["digest"], data["index"], data["attempt"])
-        if kind == EventKind.TASK_STARTED.value:
-            started[key] = {name: data[name] for name in ("task", "index", "digest", "attempt")}
-        else:
-            started.pop(key, None)
-    return list(started.values())

@@ -5,7 +5,7 @@
 -- the writes and the history event one atomic round trip. A write that must not happen (stale
 -- lease, forbidden transition) is a CTE whose WHERE finds no row, so nothing is written, and
 -- the statement also returns what Python needs to raise the same error as SQLite.
--- Queries returning a run select the columns in the order `_postgres_ops.run_from_row` reads.
+-- Queries returning a run select the columns in the order `_records.run_from_row` reads.
 
 -- name: now
 SELECT aiki_now_ms(NULL);

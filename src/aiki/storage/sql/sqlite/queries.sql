@@ -1,5 +1,5 @@
 -- Every statement the SQLite backend runs, by name (`-- name: NAME` opens a block).
--- Queries returning a run select the columns in the order `_sqlite_ops.run_from_row` reads.
+-- Queries returning a run select the columns in the order `_records.run_from_row` reads.
 
 -- name: get_run
 SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
