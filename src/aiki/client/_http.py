@@ -455,6 +455,17 @@ class HttpApi:
             run_id=lease.run_id,
         )
 
+    async def _leased_call(self, schema: Schema[T], lease: Lease, suffix: str, body: Any) -> T:
+        """`_leased_write` with a reply: a write applied once, or a read."""
+        return await self._call(
+            schema,
+            "POST",
+            _run_path(lease.run_id, suffix),
+            body=body,
+            idempotent=True,
+            run_id=lease.run_id,
+        )
+
     async def start_task(self, lease: Lease, start: TaskStart) -> None:
         """See `EngineApi.start_task`."""
         body: StartTaskBody = {"revision": lease.revision, "start": dump_task_start(start)}
@@ -463,27 +474,13 @@ class HttpApi:
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
         """See `EngineApi.finish_task`."""
         request: FinishTaskBody = {"revision": lease.revision, "end": dump_task_end(end)}
-        body = await self._call(
-            _FINISH_TASK_REPLY,
-            "POST",
-            _run_path(lease.run_id, "/tasks/finish"),
-            body=request,
-            idempotent=True,  # storage applies a repeated end once
-            run_id=lease.run_id,
-        )
+        body = await self._leased_call(_FINISH_TASK_REPLY, lease, "/tasks/finish", request)
         return body["cancel_requested"]
 
     async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
         """See `EngineApi.next_event`."""
         request: NextEventBody = {"revision": lease.revision, "name": name, "after_seq": after_seq}
-        body = await self._call(
-            _NEXT_EVENT_REPLY,
-            "POST",
-            _run_path(lease.run_id, "/events/next"),
-            body=request,
-            idempotent=True,  # a read
-            run_id=lease.run_id,
-        )
+        body = await self._leased_call(_NEXT_EVENT_REPLY, lease, "/events/next", request)
         return load_next_event_reply(body)
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
