@@ -97,11 +97,6 @@ def _append_event(
     )
 
 
-def _fetch_run(conn: sqlite3.Connection, run_id: str) -> RunStatus | None:
-    row = conn.execute(Q["get_run"], {"id": run_id}).fetchone()
-    return None if row is None else run_from_row(row)
-
-
 def _held_state(conn: sqlite3.Connection, lease: Lease) -> tuple[RunState, bool, str | None]:
     """The run's state, cancel flag and worker, if `lease` is current; else `LeaseLostError`."""
     row = conn.execute(Q["lease_state"], {"id": lease.run_id}).fetchone()
@@ -180,7 +175,8 @@ def enqueue(conn: sqlite3.Connection, clock: Clock, new: NewRun) -> Enqueued:
 
 
 def get_run(conn: sqlite3.Connection, run_id: RunId) -> RunStatus | None:
-    return _fetch_run(conn, run_id)
+    row = conn.execute(Q["get_run"], {"id": run_id}).fetchone()
+    return None if row is None else run_from_row(row)
 
 
 def list_runs(
@@ -205,7 +201,7 @@ def get_history(conn: sqlite3.Connection, run_id: RunId) -> list[HistoryEvent]:
 
 def cancel(conn: sqlite3.Connection, clock: Clock, run_id: RunId, reason: str | None) -> RunStatus:
     now = clock.now_ms()
-    run = _fetch_run(conn, run_id)
+    run = get_run(conn, run_id)
     if run is None:
         raise RunNotFoundError(run_id)
     if run.state.is_final:
