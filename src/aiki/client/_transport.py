@@ -104,7 +104,7 @@ class AiohttpTransport:
                 url,
                 data=content,
                 params=None if params is None else {k: str(v) for k, v in params.items()},
-                headers=dict(headers),
+                headers=headers,
                 timeout=timeout,
             ) as response:
                 body = await response.read()
