@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import asyncpg
@@ -46,14 +46,12 @@ class WriteBatcher:
         self,
         query: Query,
         columns: Sequence[str],
-        constants: Mapping[str, Any] | None = None,
         *,
         max_batch: int = 64,
         max_flushes: int = 2,
     ) -> None:
         self._query = query
         self._columns = tuple(columns)
-        self._constants = dict(constants or {})
         self._max_batch = max_batch
         self._max_flushes = max_flushes
         self._queue: deque[_Write] = deque()
@@ -154,8 +152,9 @@ class WriteBatcher:
                 write.future.set_result(rows.get(position))
 
     async def _execute(self, db: Pool, batch: list[_Write]) -> dict[int, asyncpg.Record]:
-        params = dict(self._constants)
-        for column, name in enumerate(self._columns):
-            params[name] = [write.values[column] for write in batch]
+        params = {
+            name: [write.values[column] for write in batch]
+            for column, name in enumerate(self._columns)
+        }
         rows = await db.fetch(self._query.sql, *self._query.args(params))
         return {row[0]: row for row in rows}
