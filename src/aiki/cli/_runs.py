@@ -137,6 +137,18 @@ def cancel_run(
         click.echo(f"run {status.id} is {status.state}: cancel requested from its worker")
 
 
+def _json_value(text: str, option: str) -> Any:
+    """The value of a JSON `option`.
+
+    Raises:
+        click.BadParameter: not JSON.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from exc
+
+
 @runs_group.command("send-event")
 @click.argument("run_id")
 @click.argument("name")
@@ -155,10 +167,7 @@ def send_event(
     as_json: bool,
 ) -> None:
     """Send the event NAME to a run: what its `wait_for_event(NAME)` returns."""
-    try:
-        value: Any = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
+    value = _json_value(data, "--data")
 
     async def action(client: aiki.Client) -> EventSent:
         return await client.get_handle(run_id).send_event(name, value, idempotency_key)
@@ -202,10 +211,7 @@ def enqueue_run(
     as_json: bool,
 ) -> None:
     """Enqueue a run of WORKFLOW at VERSION."""
-    try:
-        value: Any = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from exc
+    value = _json_value(payload, "--payload")
     new = NewRun(
         workflow=workflow,
         version=version,
