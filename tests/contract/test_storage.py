@@ -16,6 +16,7 @@ from aiki._core.models import (
     EVENT_RECEIVED_DIGEST,
     EVENT_TASK_PREFIX,
     ClaimedRun,
+    Enqueued,
     EventKind,
     HistoryEvent,
     Lease,
@@ -147,7 +148,7 @@ def task_end(
 
 async def enqueue(storage: Storage, key: WorkflowKey | None = None) -> RunStatus:
     enqueued = await storage.enqueue(new_run(key=key or fresh_key()))
-    return enqueued.run
+    return await status(storage, enqueued.id)
 
 
 async def claim_only(storage: Storage, key: WorkflowKey, worker: WorkerId = WORKER) -> ClaimedRun:
@@ -179,7 +180,7 @@ def kinds(history: list[HistoryEvent]) -> list[EventKind]:
 async def in_state(storage: Storage, state: RunState) -> Lease:
     """A run driven into `state`, and a lease carrying its current revision."""
     key = fresh_key()
-    run = (await storage.enqueue(new_run(key=key))).run
+    run = await enqueue(storage, key)
     if state is RunState.PENDING:
         return Lease(run_id=run.id, revision=run.revision)
     if state is RunState.CANCELLED:
@@ -253,7 +254,7 @@ async def test_reopen_keeps_data(backend: Backend) -> None:
 
 async def test_enqueue_creates_a_pending_run(storage: Storage, clock: FakeClock) -> None:
     enqueued = await storage.enqueue(new_run({"user": "123"}, idempotency_key="k-1"))
-    run = enqueued.run
+    run = await status(storage, enqueued.id)
     assert enqueued.created
     assert run.state is RunState.PENDING
     assert (run.workflow, run.version) == (KEY.name, KEY.version)
@@ -281,17 +282,18 @@ async def test_same_idempotency_key_and_payload_returns_the_run_in_any_state(
     first = await storage.enqueue(new_run({"a": 1}, key=key, idempotency_key="once"))
     again = await storage.enqueue(new_run({"a": 1}, key=key, idempotency_key="once"))
     assert not again.created
-    assert again.run == first.run
+    assert again == Enqueued(id=first.id, created=False)
 
     claimed = await claim_only(storage, key)
     await storage.finish(lease_of(claimed), RunOutcome(state=RunState.COMPLETED, result_json="7"))
     after_end = await storage.enqueue(new_run({"a": 1}, key=key, idempotency_key="once"))
     assert not after_end.created
-    assert after_end.run.id == first.run.id
-    assert after_end.run.state is RunState.COMPLETED
-    assert after_end.run.result == 7
+    assert after_end.id == first.id
+    ended = await status(storage, after_end.id)
+    assert ended.state is RunState.COMPLETED
+    assert ended.result == 7
     assert len(await storage.list_runs(workflow=key.name)) == 1
-    assert kinds(await storage.get_history(first.run.id)).count(EventKind.ENQUEUED) == 1
+    assert kinds(await storage.get_history(first.id)).count(EventKind.ENQUEUED) == 1
 
 
 async def test_same_idempotency_key_other_payload_is_refused(storage: Storage) -> None:
@@ -299,9 +301,9 @@ async def test_same_idempotency_key_other_payload_is_refused(storage: Storage) -
     first = await storage.enqueue(new_run({"a": 1}, key=key, idempotency_key="once"))
     with pytest.raises(IdempotencyConflictError) as caught:
         await storage.enqueue(new_run({"a": 2}, key=key, idempotency_key="once"))
-    assert caught.value.run_id == first.run.id
+    assert caught.value.run_id == first.id
     assert caught.value.idempotency_key == "once"
-    assert [run.id for run in await storage.list_runs(workflow=key.name)] == [first.run.id]
+    assert [run.id for run in await storage.list_runs(workflow=key.name)] == [first.id]
 
 
 async def test_idempotency_key_is_per_workflow_version(storage: Storage) -> None:
@@ -314,14 +316,14 @@ async def test_idempotency_key_is_per_workflow_version(storage: Storage) -> None
     )
     other = await storage.enqueue(new_run(key=fresh_key(), idempotency_key="k"))
     assert v1.created and v2.created and other.created
-    assert len({v1.run.id, v2.run.id, other.run.id}) == 3
+    assert len({v1.id, v2.id, other.id}) == 3
 
 
 async def test_runs_without_a_key_are_never_merged(storage: Storage) -> None:
     key = fresh_key()
     a = await storage.enqueue(new_run({"same": 1}, key=key))
     b = await storage.enqueue(new_run({"same": 1}, key=key))
-    assert a.created and b.created and a.run.id != b.run.id
+    assert a.created and b.created and a.id != b.id
 
 
 async def test_concurrent_enqueues_with_one_key_make_one_run(storage: Storage) -> None:
@@ -329,15 +331,15 @@ async def test_concurrent_enqueues_with_one_key_make_one_run(storage: Storage) -
     results = await asyncio.gather(
         *(storage.enqueue(new_run({"x": 1}, key=key, idempotency_key="race")) for _ in range(50))
     )
-    assert len({result.run.id for result in results}) == 1
+    assert len({result.id for result in results}) == 1
     assert sum(result.created for result in results) == 1
     assert len(await storage.list_runs(workflow=key.name)) == 1
 
 
 async def test_list_runs_newest_first_with_filters_and_pages(storage: Storage) -> None:
     key, other = fresh_key(), fresh_key()
-    ids = [(await storage.enqueue(new_run({"i": i}, key=key))).run.id for i in range(5)]
-    other_id = (await storage.enqueue(new_run(key=other))).run.id
+    ids = [(await storage.enqueue(new_run({"i": i}, key=key))).id for i in range(5)]
+    other_id = (await storage.enqueue(new_run(key=other))).id
     newest_first = sorted(ids, reverse=True)
 
     mine = await storage.list_runs(workflow=key.name)
@@ -366,7 +368,7 @@ async def test_list_runs_newest_first_with_filters_and_pages(storage: Storage) -
 
 async def test_claim_takes_oldest_first_up_to_limit(storage: Storage, clock: FakeClock) -> None:
     key = fresh_key()
-    ids = sorted([(await storage.enqueue(new_run({"i": i}, key=key))).run.id for i in range(5)])
+    ids = sorted([(await storage.enqueue(new_run({"i": i}, key=key))).id for i in range(5)])
     await clock.advance(10)
 
     claimed = await storage.claim(WORKER, [key], 3, LEASE_MS)
@@ -392,9 +394,9 @@ async def test_claim_takes_oldest_first_up_to_limit(storage: Storage, clock: Fak
 async def test_claim_only_takes_the_given_workflow_versions(storage: Storage) -> None:
     name = fresh_key().name
     v1, v2, v3 = (WorkflowKey(name=name, version=v) for v in ("1", "2", "3"))
-    first = (await storage.enqueue(new_run(key=v1))).run.id
-    second = (await storage.enqueue(new_run(key=v2))).run.id
-    third = (await storage.enqueue(new_run(key=v3))).run.id
+    first = (await storage.enqueue(new_run(key=v1))).id
+    second = (await storage.enqueue(new_run(key=v2))).id
+    third = (await storage.enqueue(new_run(key=v3))).id
     claimed = await storage.claim(WORKER, [v2, v1], 10, LEASE_MS)
     assert [c.run.id for c in claimed] == sorted([first, second])
     assert (await status(storage, third)).state is RunState.PENDING
@@ -410,7 +412,7 @@ async def test_claim_with_nothing_to_take(storage: Storage) -> None:
 
 async def test_concurrent_claimers_never_share_a_run(storage: Storage) -> None:
     key = fresh_key()
-    ids = {(await storage.enqueue(new_run({"i": i}, key=key))).run.id for i in range(30)}
+    ids = {(await storage.enqueue(new_run({"i": i}, key=key))).id for i in range(30)}
     batches = await asyncio.gather(
         *(storage.claim(WorkerId(f"w{i}"), [key], 4, LEASE_MS) for i in range(10))
     )
@@ -444,8 +446,8 @@ async def test_claimers_on_two_connections_never_share_a_run(backend: Backend) -
 
 async def test_claim_brings_recorded_task_results(storage: Storage) -> None:
     key = fresh_key()
-    run = (await storage.enqueue(new_run(key=key))).run
-    plain = (await storage.enqueue(new_run(key=key))).run
+    run = await enqueue(storage, key)
+    plain = await enqueue(storage, key)
     claimed = await storage.claim(WORKER, [key], 10, LEASE_MS)
     lease = lease_of(next(c for c in claimed if c.run.id == run.id))
     done, failed, retrying = address("a"), address("b"), address("a", index=1)
@@ -924,7 +926,7 @@ async def test_expired_lease_past_the_recovery_limit_fails_the_run(
     storage: Storage, clock: FakeClock
 ) -> None:
     key = fresh_key()
-    run_id = (await storage.enqueue(new_run(key=key))).run.id
+    run_id = (await storage.enqueue(new_run(key=key))).id
     for losses in (1, 2):
         await claim_only(storage, key)
         await clock.advance(LEASE_MS)

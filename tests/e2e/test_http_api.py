@@ -91,7 +91,9 @@ async def test_error_codes_round_trip_to_their_classes(
     srv: aiki.Server, http: HttpApi, tmp_path: Path, clock: FakeClock
 ) -> None:
     seen: set[str] = set()
-    pending = (await srv.service.enqueue(new_run({"n": 1}, key="k"))).run
+    pending = await srv.service.get_status(
+        (await srv.service.enqueue(new_run({"n": 1}, key="k"))).id
+    )
 
     exc = await same_error(srv, http, lambda api: api.get_status(RunId("no-such-run")))
     assert isinstance(exc, aiki.RunNotFoundError) and exc.run_id == "no-such-run"
@@ -179,7 +181,7 @@ async def test_error_bodies_carry_code_message_and_attributes(
         json={"workflow": "w", "version": "1", "payload_json": "1", "idempotency_key": "k"},
     )
     assert first.status_code == 201
-    run_id = first.json()["run"]["id"]
+    run_id = first.json()["id"]
 
     again = await raw.post(
         "/v1/runs",
@@ -375,8 +377,9 @@ async def test_hand_written_payload_text_is_stored_canonical(raw: httpx.AsyncCli
     again = await raw.post("/v1/runs", json=body | {"payload_json": '{"a":1,"b":2}'})
 
     assert (first.status_code, again.status_code) == (201, 200)
-    assert again.json()["run"]["id"] == first.json()["run"]["id"]
-    assert first.json()["run"]["payload"] == {"a": 1, "b": 2}
+    assert again.json() == {"id": first.json()["id"], "created": False}
+    stored = await raw.get(f"/v1/runs/{first.json()['id']}")
+    assert stored.json()["payload_json"] == '{"a":1,"b":2}'
 
 
 # --- OpenAPI and health ---------------------------------------------------------------------
@@ -480,7 +483,7 @@ async def test_server_api_key_option(tmp_path: Path, clock: FakeClock) -> None:
 async def test_list_runs_pages_with_a_cursor(
     srv: aiki.Server, raw: httpx.AsyncClient, client: aiki.Client
 ) -> None:
-    ids = [(await srv.service.enqueue(new_run(i))).run.id for i in range(7)]
+    ids = [(await srv.service.enqueue(new_run(i))).id for i in range(7)]
     other = NewRun(workflow="other", version="1", payload_json="0")
     await srv.service.enqueue(other)
     cancelled = await srv.service.cancel(ids[2], "no")
@@ -609,7 +612,7 @@ async def test_connect_errors_are_retried(srv: aiki.Server) -> None:
     async with flaky_api(srv, flaky, retry=5.0) as api:
         enqueued = await api.enqueue(new_run(1))  # not idempotent, but it never got there
     assert flaky.attempts == 4
-    assert [r.id for r in await srv.service.list_runs()] == [enqueued.run.id]
+    assert [r.id for r in await srv.service.list_runs()] == [enqueued.id]
 
 
 async def test_unreachable_server_gives_server_unavailable(srv: aiki.Server) -> None:
@@ -637,8 +640,8 @@ async def test_lost_reply_is_retried_only_when_safe(srv: aiki.Server) -> None:
 
     lost = Flaky(httpx.ASGITransport(app=srv.app), failures=2, error=httpx.ReadTimeout)
     async with flaky_api(srv, lost, retry=5.0) as api:
-        status = await api.get_status(enqueued.run.id)
-    assert status.id == enqueued.run.id and lost.attempts == 3
+        status = await api.get_status(enqueued.id)
+    assert status.id == enqueued.id and lost.attempts == 3
 
     assert len(await srv.service.list_runs()) == 2
 
@@ -646,7 +649,7 @@ async def test_lost_reply_is_retried_only_when_safe(srv: aiki.Server) -> None:
 async def test_a_workers_writes_are_sent_again_after_a_lost_reply_and_applied_once(
     srv: aiki.Server,
 ) -> None:
-    run_id = (await srv.service.enqueue(new_run("x"))).run.id
+    run_id = (await srv.service.enqueue(new_run("x"))).id
     poll = PollRequest(
         worker_id=WORKER, workflows=(KEY,), capacity=1, lease_ms=30_000, wait_ms=0, recheck_ms=100
     )
@@ -718,7 +721,7 @@ async def test_a_storage_error_is_retried_only_when_repeating_is_safe(srv: aiki.
     hiccup = StorageHiccup(httpx.ASGITransport(app=srv.app), failures=10**6)
     async with flaky_api(srv, hiccup, retry=0.2) as api:
         with pytest.raises(aiki.StorageError):
-            await api.get_status(enqueued.run.id)
+            await api.get_status(enqueued.id)
     assert hiccup.attempts >= 2
 
 
@@ -774,7 +777,7 @@ async def test_api_key_with_in_process_server_is_refused(srv: aiki.Server) -> No
 
 async def test_poll_and_leased_writes_over_http(srv: aiki.Server, http: HttpApi) -> None:
     """The worker protocol by hand: claim, heartbeat, finish; the result is the exact text."""
-    run = (await http.enqueue(new_run({"n": 1}))).run
+    run = await http.get_status((await http.enqueue(new_run({"n": 1}))).id)
     request = PollRequest(
         worker_id=WorkerId("hand"),
         workflows=(KEY,),

@@ -117,7 +117,8 @@ async def test_worker_disconnect_ends_its_long_poll(real_srv: aiki.Server) -> No
         assert loop.time() - started < 5, "the server stopped waiting for a gone worker"
 
         async with HttpApi(address) as api:
-            run = (await api.enqueue(NewRun(workflow="w", version="1", payload_json="1"))).run
+            enqueued = await api.enqueue(NewRun(workflow="w", version="1", payload_json="1"))
+            run = await api.get_status(enqueued.id)
             await asyncio.sleep(0.1)  # a ghost poll, were one left, would claim it now
             assert (await api.get_status(run.id)).state is aiki.RunState.PENDING
             request = PollRequest(
@@ -170,7 +171,7 @@ async def call_poll_then_leave(app: ASGIApp, body: dict[str, Any]) -> list[Messa
 async def test_runs_claimed_for_a_worker_that_left_are_handed_back(srv: aiki.Server) -> None:
     """The claim runs while the worker disconnects: what it took goes back to pending."""
     enqueued = await srv.service.enqueue(NewRun(workflow="w", version="1", payload_json="1"))
-    run_id = enqueued.run.id
+    run_id = enqueued.id
 
     await call_poll_then_leave(srv.app, POLL_BODY | {"wait_ms": 0})
 

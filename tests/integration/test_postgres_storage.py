@@ -87,7 +87,8 @@ async def test_servers_starting_at_once_apply_the_migrations_once(
         storages = [PostgresStorage(dsn, min_size=1) for _ in range(4)]
         await asyncio.gather(*(storage.open() for storage in storages))
         try:
-            run = (await storages[0].enqueue(new_run())).run
+            run = await storages[0].get_run((await storages[0].enqueue(new_run())).id)
+            assert run is not None
             assert await storages[3].get_run(run.id) == run
         finally:
             await asyncio.gather(*(storage.close() for storage in storages))
@@ -156,9 +157,9 @@ async def test_fifty_concurrent_enqueues_on_two_servers_make_one_run(
         results = await asyncio.gather(
             *(two[i % 2].enqueue(new_run(idempotency_key=key)) for i in range(50))
         )
-        assert len({result.run.id for result in results}) == 1
+        assert len({result.id for result in results}) == 1
         assert sum(result.created for result in results) == 1
-        history = await two[0].get_history(results[0].run.id)
+        history = await two[0].get_history(results[0].id)
         assert [event.kind for event in history] == [EventKind.ENQUEUED]
 
 
@@ -173,10 +174,10 @@ async def test_racing_enqueues_with_other_payloads_are_refused(
     refused = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     assert all(isinstance(error, IdempotencyConflictError) for error in refused)
     assert len(accepted) == 16 and len(refused) == 32  # one payload in three won the key
-    assert len({result.run.id for result in accepted}) == 1
+    assert len({result.id for result in accepted}) == 1
     assert sum(result.created for result in accepted) == 1
     assert {error.run_id for error in refused if isinstance(error, IdempotencyConflictError)} == {
-        accepted[0].run.id
+        accepted[0].id
     }
 
 
@@ -234,7 +235,8 @@ async def test_due_times_come_from_the_database_clock(database: PostgresDatabase
             await admin.close()
         before = await storage.now_ms()
         assert abs(before - db_now) < 1_000
-        run = (await storage.enqueue(new_run())).run
+        run = await storage.get_run((await storage.enqueue(new_run())).id)
+        assert run is not None
         (claimed,) = await storage.claim(WorkerId("w"), [KEY], 1, 5_000)
         after = await storage.now_ms()
         assert before <= run.created_at_ms <= claimed.now_ms <= after

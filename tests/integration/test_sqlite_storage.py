@@ -78,11 +78,12 @@ async def test_open_is_idempotent_and_reopen_after_close_works(db: Path, clock: 
     storage = SqliteStorage(str(db), clock=clock)
     await storage.open()
     await storage.open()
-    run = (await storage.enqueue(new_run())).run
+    run = await storage.get_run((await storage.enqueue(new_run())).id)
     await storage.close()
     await storage.close()
     await storage.open()
     try:
+        assert run is not None
         assert await storage.get_run(run.id) == run
     finally:
         await storage.close()
@@ -291,9 +292,9 @@ async def test_stale_lease_from_another_connection(db: Path, clock: FakeClock) -
         SqliteStorage(str(db), clock=clock) as first,
         SqliteStorage(str(db), clock=clock) as second,
     ):
-        run = (await first.enqueue(new_run())).run
+        run = (await first.enqueue(new_run())).id
         claimed = await first.claim(WorkerId("a"), [KEY], 1, 1_000)
-        await first.release(Lease(run_id=run.id, revision=claimed[0].revision))
+        await first.release(Lease(run_id=run, revision=claimed[0].revision))
         await second.claim(WorkerId("b"), [KEY], 1, 1_000)
         with pytest.raises(LeaseLostError):
-            await first.release(Lease(run_id=run.id, revision=claimed[0].revision))
+            await first.release(Lease(run_id=run, revision=claimed[0].revision))

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from aiki._core.clock import to_datetime
 from aiki._core.ids import RunId, WorkerId
-from aiki._core.serde import JSONValue
+from aiki._core.serde import JSONValue, loads
 from aiki._core.states import RunState
 from aiki.errors import ErrorInfo
 
@@ -51,16 +51,17 @@ class WaitInfo:
 class RunStatus:
     """A run as stored: what `RunHandle.get_status()` returns.
 
-    `payload` and `result` are JSON values; a handle built from a typed workflow decodes
-    the result into the workflow's return type.
+    The payload and result are kept as the canonical JSON text the SDK encoded: storage, server
+    and client pass them on without parsing. `payload` and `result` parse that text on demand;
+    a handle built from a typed workflow decodes the result into the workflow's return type.
     """
 
     id: RunId
     workflow: str
     version: str
     state: RunState
-    payload: JSONValue
-    result: JSONValue = None
+    payload_json: str
+    result_json: str | None = None
     error: ErrorInfo | None = None
     idempotency_key: str | None = None
     attempt: int = 0  # how many times a worker has taken the run
@@ -74,6 +75,16 @@ class RunStatus:
     created_at_ms: int
     updated_at_ms: int
     note: str | None = None  # e.g. that no live worker serves this version
+
+    @property
+    def payload(self) -> JSONValue:
+        """The run's input, as a JSON value."""
+        return loads(self.payload_json)
+
+    @property
+    def result(self) -> JSONValue:
+        """The run's result as a JSON value; None until it completes."""
+        return None if self.result_json is None else loads(self.result_json)
 
     @property
     def name(self) -> str:
@@ -145,9 +156,9 @@ class NewRun:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Enqueued:
-    """The run an enqueue created or, for a known idempotency key, found."""
+    """The run an enqueue created (`created`) or, for a known idempotency key, found."""
 
-    run: RunStatus
+    id: RunId
     created: bool
 
 

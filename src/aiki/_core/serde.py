@@ -135,6 +135,17 @@ class Decoder:
             return value
         return self._adapter.validate_python(value)
 
+    def decode_json(self, text: str | None) -> Any:
+        """`decode` for JSON text: parsed once, straight into the annotated type.
+
+        None (no result stored) decodes as the JSON value null.
+        """
+        if text is None:
+            return self.decode(None)
+        if self._adapter is None:
+            return loads(text)
+        return self._adapter.validate_json(text)
+
 
 def _is_plain_json(annotation: Any) -> bool:
     if annotation is Any or annotation is None or annotation in _SCALARS:

@@ -99,14 +99,14 @@ class WaitInfoBody(TypedDict):
 
 
 class RunStatusBody(TypedDict):
-    """A run as stored. `payload` and `result` are JSON values."""
+    """A run as stored. `payload_json` and `result_json` are canonical JSON text."""
 
     id: str
     workflow: str
     version: str
     state: RunState
-    payload: Any
-    result: Any
+    payload_json: str
+    result_json: str | None
     error: ErrorInfoBody | None
     idempotency_key: str | None
     attempt: int
@@ -360,7 +360,7 @@ class FinishBody(TypedDict):
 class EnqueuedBody(TypedDict):
     """The run an enqueue created (`created`) or found by its idempotency key."""
 
-    run: RunStatusBody
+    id: str
     created: bool
 
 
@@ -475,8 +475,8 @@ def dump_run_status(run: RunStatus) -> RunStatusBody:
         "workflow": run.workflow,
         "version": run.version,
         "state": run.state,
-        "payload": run.payload,
-        "result": run.result,
+        "payload_json": run.payload_json,
+        "result_json": run.result_json,
         "error": _dump_error(run.error),
         "idempotency_key": run.idempotency_key,
         "attempt": run.attempt,
@@ -501,8 +501,8 @@ def load_run_status(body: RunStatusBody) -> RunStatus:
         workflow=body["workflow"],
         version=body["version"],
         state=body["state"],
-        payload=body["payload"],
-        result=body["result"],
+        payload_json=body["payload_json"],
+        result_json=body["result_json"],
         error=_load_error(body["error"]),
         idempotency_key=body["idempotency_key"],
         attempt=body["attempt"],
@@ -689,11 +689,11 @@ def load_next_event_reply(body: NextEventReplyBody) -> RunEvent | None:
 
 
 def dump_enqueued(enqueued: Enqueued) -> EnqueuedBody:
-    return {"run": dump_run_status(enqueued.run), "created": enqueued.created}
+    return {"id": enqueued.id, "created": enqueued.created}
 
 
 def load_enqueued(body: EnqueuedBody) -> Enqueued:
-    return Enqueued(run=load_run_status(body["run"]), created=body["created"])
+    return Enqueued(id=RunId(body["id"]), created=body["created"])
 
 
 def dump_history(events: list[HistoryEvent]) -> HistoryBody:

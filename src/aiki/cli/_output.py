@@ -27,16 +27,27 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
 
 def to_json(value: object) -> str:
     """JSON of dataclasses, enums and datetimes, for --json."""
-    return json.dumps(_plain(value), indent=2, sort_keys=True)
+    return json.dumps(plain(value), indent=2, sort_keys=True)
 
 
-def _plain(value: object) -> Any:
+def plain(value: object) -> Any:
+    """`value` as JSON values: one shape per record, whichever command prints it.
+
+    A record's JSON text fields (`payload_json`, `result_json`...) are shown as the values
+    they hold, under the name without `_json`: people and `jq` read values, not strings.
+    """
     if is_dataclass(value) and not isinstance(value, type):
-        return {k: _plain(v) for k, v in asdict(value).items()}
+        fields: dict[str, Any] = {}
+        for k, v in asdict(value).items():
+            if k.endswith("_json") and (v is None or isinstance(v, str)):
+                fields[k.removesuffix("_json")] = None if v is None else json.loads(v)
+            else:
+                fields[k] = plain(v)
+        return fields
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime):

@@ -14,7 +14,7 @@ from aiki._core.serde import encode
 from aiki._core.states import RunState
 from aiki.cli._connect import run_with_client
 from aiki.cli._options import api_key_option, json_option, server_url_option
-from aiki.cli._output import describe_run, table, to_json, when
+from aiki.cli._output import describe_run, plain, table, to_json, when
 
 
 @click.group("runs")
@@ -86,7 +86,8 @@ def show_run(run_id: str, server_url: str, api_key: str | None, as_json: bool) -
 
     status, history = run_with_client(server_url, api_key, action)
     if as_json:
-        click.echo(to_json({"status": status, "history": history}))
+        # The run's record as `runs list --json` prints it, with its history beside.
+        click.echo(to_json(plain(status) | {"history": plain(history)}))
     else:
         describe_run(status, history)
         _describe_sleeps(history)

@@ -36,7 +36,7 @@ class Client:
     async def enqueue(self, new: NewRun, *, result: Decoder | None = None) -> RunHandle[Any]:
         """Enqueue a run from an already-encoded request (workflows call this for you)."""
         enqueued = await self.api.enqueue(new)
-        return RunHandle(self.api, enqueued.run.id, result=result)
+        return RunHandle(self.api, enqueued.id, result=result)
 
     def get_handle(self, run_id: str) -> RunHandle[Any]:
         """A handle on an existing run; its result comes back as plain JSON."""

@@ -55,7 +55,7 @@ class RunHandle(Generic[R]):
             raise ValueError(f"timeout must be >= 0, got {timeout}")
         status = await self._api.wait(self.id, timeout)
         if status.state is RunState.COMPLETED:
-            result: R = self._result.decode(status.result)
+            result: R = self._result.decode_json(status.result_json)
             return result
         if status.state is RunState.FAILED:
             assert status.error is not None  # a failed run always stores its error

@@ -44,7 +44,6 @@ from aiki._core.models import (
     WorkflowKey,
     WorkflowSummary,
 )
-from aiki._core.serde import loads
 from aiki._core.states import TARGET, RunAction, RunState, allowed, check_transition
 from aiki.errors import (
     ErrorInfo,
@@ -217,17 +216,7 @@ async def enqueue(db: Pool, writers: Writers, now: int | None, new: NewRun) -> E
         raise StorageError("PostgreSQL returned no row for enqueue")
     created_at: int | None = row[1]
     if created_at is not None:
-        run = RunStatus(
-            id=run_id,
-            workflow=new.workflow,
-            version=new.version,
-            state=RunState.PENDING,
-            payload=loads(new.payload_json),
-            idempotency_key=key,
-            created_at_ms=created_at,
-            updated_at_ms=created_at,
-        )
-        return Enqueued(run=run, created=True)
+        return Enqueued(id=run_id, created=True)
     assert key is not None  # only a key can conflict
     if row[2] is not None:
         existing, start = row, 2
@@ -244,14 +233,14 @@ async def enqueue(db: Pool, writers: Writers, now: int | None, new: NewRun) -> E
         if found is None:
             raise StorageError(f"idempotency key {key!r} is taken, yet no run holds it")
         existing, start = found, 0
-    run = run_from_row(existing, start)
+    existing_id = RunId(existing[start])
     # Payloads are canonical JSON text, stored as given (json, not jsonb): equal payloads are
     # equal strings.
     if existing[start + 4] != new.payload_json:
         raise IdempotencyConflictError(
-            workflow=new.workflow, version=new.version, idempotency_key=key, run_id=run.id
+            workflow=new.workflow, version=new.version, idempotency_key=key, run_id=existing_id
         )
-    return Enqueued(run=run, created=False)
+    return Enqueued(id=existing_id, created=False)
 
 
 async def get_run(db: Pool, run_id: RunId) -> RunStatus | None:

@@ -24,7 +24,6 @@ from aiki._core.models import (
     WaitKind,
     WorkflowKey,
 )
-from aiki._core.serde import loads
 from aiki._core.states import RunAction, RunState
 from aiki.errors import ErrorInfo, RecoveryLimitError
 
@@ -80,8 +79,8 @@ def run_from_row(row: Row, start: int = 0) -> RunStatus:
         workflow=workflow,
         version=version,
         state=RunState(state),
-        payload=loads(payload),
-        result=None if result is None else loads(result),
+        payload_json=payload,
+        result_json=result,
         error=error_info(error),
         idempotency_key=idempotency_key,
         attempt=attempt,

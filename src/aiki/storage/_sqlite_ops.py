@@ -40,7 +40,6 @@ from aiki._core.models import (
     WorkflowKey,
     WorkflowSummary,
 )
-from aiki._core.serde import loads
 from aiki._core.states import RunAction, RunState, check_transition
 from aiki.errors import (
     ErrorInfo,
@@ -146,7 +145,7 @@ def enqueue(conn: sqlite3.Connection, clock: Clock, new: NewRun) -> Enqueued:
                     idempotency_key=new.idempotency_key,
                     run_id=row[0],
                 )
-            return Enqueued(run=run_from_row(row), created=False)
+            return Enqueued(id=RunId(row[0]), created=False)
     run_id = new_run_id()
     conn.execute(
         Q["insert_run"],
@@ -161,17 +160,7 @@ def enqueue(conn: sqlite3.Connection, clock: Clock, new: NewRun) -> Enqueued:
     )
     conn.execute(Q["insert_workflow"], {"name": new.workflow, "version": new.version, "now": now})
     _append_event(conn, run_id, now, EventKind.ENQUEUED, RunState.PENDING)
-    run = RunStatus(
-        id=run_id,
-        workflow=new.workflow,
-        version=new.version,
-        state=RunState.PENDING,
-        payload=loads(new.payload_json),
-        idempotency_key=new.idempotency_key,
-        created_at_ms=now,
-        updated_at_ms=now,
-    )
-    return Enqueued(run=run, created=True)
+    return Enqueued(id=run_id, created=True)
 
 
 def get_run(conn: sqlite3.Connection, run_id: RunId) -> RunStatus | None:
