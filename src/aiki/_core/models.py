@@ -1,11 +1,18 @@
-"""Records that storage, server, client and worker pass between them."""
+"""Records that storage, server, client and worker pass between them.
+
+These dataclasses are also the HTTP API's bodies: `aiki._http` encodes and decodes them with
+msgspec, which reads the bounds in the annotations below (`Name`, `Count`, `Positive`) when a
+record arrives from outside. In-process callers are not checked against them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any
+
+from msgspec import Meta
 
 from aiki._core.clock import to_datetime
 from aiki._core.ids import RunId, WorkerId
@@ -13,13 +20,18 @@ from aiki._core.serde import JSONValue, loads
 from aiki._core.states import RunState
 from aiki.errors import ErrorInfo
 
+# Bounds of what a request may carry: storage columns are 64-bit, names are never empty.
+Name = Annotated[str, Meta(min_length=1)]
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Positive = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkflowKey:
     """A workflow definition: its name and version."""
 
-    name: str
-    version: str
+    name: Name
+    version: Name
 
     def __str__(self) -> str:
         return f"{self.name}@{self.version}"
@@ -38,7 +50,7 @@ class WaitInfo:
     """What a waiting run waits for, and until when."""
 
     kind: WaitKind
-    until_ms: int | None  # None: no timer; only an event ends the wait
+    until_ms: Count | None  # None: no timer; only an event ends the wait
     detail: str = ""  # e.g. the task being retried
 
     @property
@@ -144,10 +156,10 @@ class HistoryEvent:
 class NewRun:
     """An enqueue request, its payload already validated and encoded."""
 
-    workflow: str
-    version: str
+    workflow: Name
+    version: Name
     payload_json: str
-    idempotency_key: str | None = None
+    idempotency_key: Name | None = None
     # Refuse a name and version nobody has defined yet (a worker registering it, or an
     # enqueue from its `aiki.workflow`): for enqueues by name, where a typo would otherwise
     # wait forever.
@@ -224,9 +236,9 @@ class NewEvent:
     """A `send_event` request, its data already validated and encoded."""
 
     run_id: RunId
-    name: str
+    name: Name
     data_json: str
-    idempotency_key: str | None = None
+    idempotency_key: Name | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,9 +273,9 @@ class TaskAddress:
     identical calls replay their own results, in call order.
     """
 
-    task: str
-    digest: str
-    index: int = 0
+    task: Name
+    digest: Name
+    index: Count = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,20 +292,20 @@ class TaskRecord:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskStart:
     address: TaskAddress
-    attempt: int
-    worker_id: WorkerId
+    attempt: Positive
+    worker_id: Annotated[WorkerId, Meta(min_length=1)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskEnd:
     address: TaskAddress
-    attempt: int
-    worker_id: WorkerId
+    attempt: Positive
+    worker_id: Annotated[WorkerId, Meta(min_length=1)]
     outcome: TaskOutcome
-    duration_ms: int
+    duration_ms: Count
     result_json: str | None = None
     error: ErrorInfo | None = None
-    retry_delay_ms: int | None = None  # with RETRYING: when the next attempt is due
+    retry_delay_ms: Count | None = None  # with RETRYING: when the next attempt is due
     # False when the attempt ended before its start was written: storage then records the
     # start too, just before the end (one write for a quick task instead of two).
     start_reported: bool = True
@@ -313,8 +325,8 @@ class ClaimedRun:
 class Lease:
     """A worker's hold on a run: valid while the run's revision is still this one."""
 
-    run_id: RunId
-    revision: int
+    run_id: Annotated[RunId, Meta(min_length=1)]
+    revision: Count
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,10 +339,15 @@ class HeartbeatReply:
 class RunOutcome:
     """How a worker ends a run."""
 
-    state: Literal[RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED]
+    state: RunState  # completed, failed or cancelled
     result_json: str | None = None
     error: ErrorInfo | None = None
     reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.state.is_final:
+            # Named as msgspec names a field, so an HTTP error points at `outcome.state`.
+            raise ValueError(f"`state` must be completed, failed or cancelled, not {self.state}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,12 +391,12 @@ class PollRequest:
     was missed.
     """
 
-    worker_id: WorkerId
+    worker_id: Annotated[WorkerId, Meta(min_length=1)]
     workflows: tuple[WorkflowKey, ...]
-    capacity: int
-    lease_ms: int
-    wait_ms: int
-    recheck_ms: int
+    capacity: Count
+    lease_ms: Positive
+    wait_ms: Count
+    recheck_ms: Positive
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

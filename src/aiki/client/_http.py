@@ -16,15 +16,12 @@ must not make a socket wait forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urlsplit
-
-import pydantic
 
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
@@ -48,50 +45,28 @@ from aiki._core.models import (
     WorkflowSummary,
 )
 from aiki._core.states import RunState
-from aiki._core.wire import (
-    EnqueuedBody,
-    ErrorBody,
+from aiki._http.bodies import (
+    CancelBody,
     EventSentBody,
     FinishBody,
     FinishTaskBody,
-    FinishTaskReplyBody,
+    FinishTaskReply,
     HeartbeatBody,
-    HeartbeatReplyBody,
     HistoryBody,
     NextEventBody,
-    NextEventReplyBody,
-    PollReplyBody,
+    NextEventReply,
     RegisterWorkerBody,
     ReleaseBody,
-    RunPageBody,
-    RunStatusBody,
-    Schema,
+    RunPage,
+    SendEventBody,
     StartTaskBody,
     SuspendBody,
     UnregisterWorkerBody,
     WorkersBody,
     WorkflowsBody,
-    dump_lease,
-    dump_new_run,
-    dump_poll_request,
-    dump_run_outcome,
-    dump_send_event,
-    dump_task_end,
-    dump_task_start,
-    dump_wait_info,
-    dump_workflow_key,
-    load_enqueued,
-    load_error,
-    load_event_sent,
-    load_heartbeat_reply,
-    load_history,
-    load_next_event_reply,
-    load_poll_reply,
-    load_run_page,
-    load_run_status,
-    load_workers,
-    load_workflows,
 )
+from aiki._http.codec import BodyError, Codec, encode
+from aiki._http.errors import exception_of, read_error
 from aiki.client._transport import (
     AiohttpTransport,
     HttpTransport,
@@ -115,18 +90,17 @@ _LONG_POLL_GRACE_S = 10.0
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
 
-_ENQUEUED = Schema(EnqueuedBody)
-_RUN_STATUS = Schema(RunStatusBody)
-_HISTORY = Schema(HistoryBody)
-_RUN_PAGE = Schema(RunPageBody)
-_WORKERS = Schema(WorkersBody)
-_WORKFLOWS = Schema(WorkflowsBody)
-_POLL_REPLY = Schema(PollReplyBody)
-_HEARTBEAT_REPLY = Schema(HeartbeatReplyBody)
-_FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
-_EVENT_SENT = Schema(EventSentBody)
-_NEXT_EVENT_REPLY = Schema(NextEventReplyBody)
-_ERROR = Schema(ErrorBody)
+_ENQUEUED = Codec(Enqueued)
+_RUN_STATUS = Codec(RunStatus)
+_HISTORY = Codec(HistoryBody)
+_RUN_PAGE = Codec(RunPage)
+_WORKERS = Codec(WorkersBody)
+_WORKFLOWS = Codec(WorkflowsBody)
+_POLL_REPLY = Codec(PollReply)
+_HEARTBEAT_REPLY = Codec(HeartbeatReply)
+_FINISH_TASK_REPLY = Codec(FinishTaskReply)
+_EVENT_SENT = Codec(EventSentBody)
+_NEXT_EVENT_REPLY = Codec(NextEventReply)
 
 # Replies of a proxy or load balancer with no server behind it (ours carry an error code).
 _GATEWAY = frozenset({502, 503, 504})
@@ -207,13 +181,13 @@ class HttpApi:
         method: str,
         path: str,
         *,
-        body: Any = None,
+        body: object = None,
         params: Mapping[str, str | int | float] | None = None,
         idempotent: bool,
         read_timeout: float | None = None,
     ) -> Reply:
         """Send one request, retrying what is safe to retry, until `retry_timeout`."""
-        content = None if body is None else _encode(body)
+        content = None if body is None else encode(body)
         headers = self._headers if body is None else self._body_headers
         timeout = self._request_timeout if read_timeout is None else read_timeout
         url = f"{self.url}{path}"
@@ -267,11 +241,11 @@ class HttpApi:
 
     async def _call(
         self,
-        schema: Schema[T],
+        codec: Codec[T],
         method: str,
         path: str,
         *,
-        body: Any = None,
+        body: object = None,
         params: Mapping[str, str | int | float] | None = None,
         idempotent: bool,
         read_timeout: float | None = None,
@@ -288,14 +262,14 @@ class HttpApi:
         if not response.is_success:
             raise _error(response, run_id)
         try:
-            return schema.from_json(response.content)
-        except pydantic.ValidationError as exc:
+            return codec.decode(response.content)
+        except BodyError as exc:
             raise ClientError(
-                f"{method} {self.url}{path}: the server's reply is not a {schema.name}: {exc}"
+                f"{method} {self.url}{path}: the server's reply is not a {codec.name}: {exc}"
             ) from None
 
     async def _call_no_reply(
-        self, method: str, path: str, *, body: Any, idempotent: bool, run_id: str | None = None
+        self, method: str, path: str, *, body: object, idempotent: bool, run_id: str | None = None
     ) -> None:
         response = await self._send(method, path, body=body, idempotent=idempotent)
         if not response.is_success:
@@ -305,28 +279,22 @@ class HttpApi:
 
     async def enqueue(self, new: NewRun) -> Enqueued:
         """See `EngineApi.enqueue`; retried after a lost reply only with an idempotency key."""
-        body = await self._call(
-            _ENQUEUED,
-            "POST",
-            "/v1/runs",
-            body=dump_new_run(new),
-            idempotent=new.idempotency_key is not None,
+        return await self._call(
+            _ENQUEUED, "POST", "/v1/runs", body=new, idempotent=new.idempotency_key is not None
         )
-        return load_enqueued(body)
 
     async def get_status(self, run_id: RunId) -> RunStatus:
         """See `EngineApi.get_status`."""
-        body = await self._call(
+        return await self._call(
             _RUN_STATUS, "GET", _run_path(run_id), idempotent=True, run_id=run_id
         )
-        return load_run_status(body)
 
     async def get_history(self, run_id: RunId) -> list[HistoryEvent]:
         """See `EngineApi.get_history`."""
         body = await self._call(
             _HISTORY, "GET", _run_path(run_id, "/history"), idempotent=True, run_id=run_id
         )
-        return load_history(body)
+        return list(body.events)
 
     async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
         """See `EngineApi.wait`: long-polls, asking again until the run ends or time is up."""
@@ -335,7 +303,7 @@ class HttpApi:
         while True:
             step = _LONG_POLL_S if deadline is None else min(deadline - loop.time(), _LONG_POLL_S)
             step = max(step, 0.0)
-            body = await self._call(
+            status = await self._call(
                 _RUN_STATUS,
                 "GET",
                 _run_path(run_id, "/wait"),
@@ -344,33 +312,34 @@ class HttpApi:
                 read_timeout=step + _LONG_POLL_GRACE_S,
                 run_id=run_id,
             )
-            status = load_run_status(body)
             if status.state.is_final or (deadline is not None and loop.time() >= deadline):
                 return status
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         """See `EngineApi.cancel`."""
-        body = await self._call(
+        return await self._call(
             _RUN_STATUS,
             "POST",
             _run_path(run_id, "/cancel"),
-            body={"reason": reason},
+            body=CancelBody(reason=reason),
             idempotent=True,
             run_id=run_id,
         )
-        return load_run_status(body)
 
     async def send_event(self, new: NewEvent) -> EventSent:
         """See `EngineApi.send_event`."""
+        request = SendEventBody(
+            name=new.name, data_json=new.data_json, idempotency_key=new.idempotency_key
+        )
         body = await self._call(
             _EVENT_SENT,
             "POST",
             _run_path(new.run_id, "/events"),
-            body=dump_send_event(new),
+            body=request,
             idempotent=new.idempotency_key is not None,
             run_id=new.run_id,
         )
-        return load_event_sent(body)
+        return EventSent(seq=body.seq, created=body.created)
 
     async def list_runs(
         self,
@@ -389,16 +358,17 @@ class HttpApi:
         if after is not None:
             params["after"] = after
         body = await self._call(_RUN_PAGE, "GET", "/v1/runs", params=params, idempotent=True)
-        return load_run_page(body)
+        return list(body.runs)
 
     async def list_workers(self) -> list[WorkerInfo]:
         """See `EngineApi.list_workers`."""
-        return load_workers(await self._call(_WORKERS, "GET", "/v1/workers", idempotent=True))
+        body = await self._call(_WORKERS, "GET", "/v1/workers", idempotent=True)
+        return list(body.workers)
 
     async def list_workflows(self) -> list[WorkflowSummary]:
         """See `EngineApi.list_workflows`."""
         body = await self._call(_WORKFLOWS, "GET", "/v1/workflows", idempotent=True)
-        return load_workflows(body)
+        return list(body.workflows)
 
     # --- workers --------------------------------------------------------------------------
 
@@ -406,46 +376,38 @@ class HttpApi:
         self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
     ) -> None:
         """See `EngineApi.register_worker`."""
-        body: RegisterWorkerBody = {
-            "worker_id": worker_id,
-            "workflows": [dump_workflow_key(k) for k in workflows],
-            "lease_ms": lease_ms,
-        }
+        body = RegisterWorkerBody(
+            worker_id=worker_id, workflows=tuple(workflows), lease_ms=lease_ms
+        )
         await self._call_no_reply("POST", "/v1/workers/register", body=body, idempotent=True)
 
     async def unregister_worker(self, worker_id: WorkerId) -> None:
         """See `EngineApi.unregister_worker`."""
-        body: UnregisterWorkerBody = {"worker_id": worker_id}
+        body = UnregisterWorkerBody(worker_id=worker_id)
         await self._call_no_reply("POST", "/v1/workers/unregister", body=body, idempotent=True)
 
     async def poll(self, request: PollRequest) -> PollReply:
         """See `EngineApi.poll`. Cancelling it drops the connection: the server hands back."""
         wait_s = min(request.wait_ms / 1000, _LONG_POLL_S)
-        body = await self._call(
+        return await self._call(
             _POLL_REPLY,
             "POST",
             "/v1/workers/poll",
-            body=dump_poll_request(request),
+            body=request,
             idempotent=False,  # a lost reply may hold claimed runs; their leases will expire
             read_timeout=wait_s + _LONG_POLL_GRACE_S,
         )
-        return load_poll_reply(body)
 
     async def heartbeat(
         self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
     ) -> HeartbeatReply:
         """See `EngineApi.heartbeat`."""
-        request: HeartbeatBody = {
-            "worker_id": worker_id,
-            "leases": [dump_lease(x) for x in leases],
-            "lease_ms": lease_ms,
-        }
-        body = await self._call(
+        request = HeartbeatBody(worker_id=worker_id, leases=tuple(leases), lease_ms=lease_ms)
+        return await self._call(
             _HEARTBEAT_REPLY, "POST", "/v1/workers/heartbeat", body=request, idempotent=True
         )
-        return load_heartbeat_reply(body)
 
-    async def _leased_write(self, lease: Lease, suffix: str, body: Any) -> None:
+    async def _leased_write(self, lease: Lease, suffix: str, body: object) -> None:
         """A worker write to its run; storage applies it once however often it is sent."""
         await self._call_no_reply(
             "POST",
@@ -455,10 +417,10 @@ class HttpApi:
             run_id=lease.run_id,
         )
 
-    async def _leased_call(self, schema: Schema[T], lease: Lease, suffix: str, body: Any) -> T:
+    async def _leased_call(self, codec: Codec[T], lease: Lease, suffix: str, body: object) -> T:
         """`_leased_write` with a reply: a write applied once, or a read."""
         return await self._call(
-            schema,
+            codec,
             "POST",
             _run_path(lease.run_id, suffix),
             body=body,
@@ -468,43 +430,35 @@ class HttpApi:
 
     async def start_task(self, lease: Lease, start: TaskStart) -> None:
         """See `EngineApi.start_task`."""
-        body: StartTaskBody = {"revision": lease.revision, "start": dump_task_start(start)}
+        body = StartTaskBody(revision=lease.revision, start=start)
         await self._leased_write(lease, "/tasks/start", body)
 
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
         """See `EngineApi.finish_task`."""
-        request: FinishTaskBody = {"revision": lease.revision, "end": dump_task_end(end)}
+        request = FinishTaskBody(revision=lease.revision, end=end)
         body = await self._leased_call(_FINISH_TASK_REPLY, lease, "/tasks/finish", request)
-        return body["cancel_requested"]
+        return body.cancel_requested
 
     async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
         """See `EngineApi.next_event`."""
-        request: NextEventBody = {"revision": lease.revision, "name": name, "after_seq": after_seq}
+        request = NextEventBody(revision=lease.revision, name=name, after_seq=after_seq)
         body = await self._leased_call(_NEXT_EVENT_REPLY, lease, "/events/next", request)
-        return load_next_event_reply(body)
+        return body.event
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         """See `EngineApi.suspend`."""
-        body: SuspendBody = {"revision": lease.revision, "wait": dump_wait_info(wait)}
+        body = SuspendBody(revision=lease.revision, wait=wait)
         await self._leased_write(lease, "/suspend", body)
 
     async def release(self, lease: Lease) -> None:
         """See `EngineApi.release`."""
-        body: ReleaseBody = {"revision": lease.revision}
+        body = ReleaseBody(revision=lease.revision)
         await self._leased_write(lease, "/release", body)
 
     async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
         """See `EngineApi.finish`."""
-        body: FinishBody = {"revision": lease.revision, "outcome": dump_run_outcome(outcome)}
+        body = FinishBody(revision=lease.revision, outcome=outcome)
         await self._leased_write(lease, "/finish", body)
-
-
-# Built once: json.dumps with options builds a new encoder on every call (every request here).
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _encode(body: Any) -> bytes:
-    return _encoder.encode(body).encode()
 
 
 def _is_ours(response: Reply) -> bool:
@@ -512,20 +466,17 @@ def _is_ours(response: Reply) -> bool:
 
 
 def _is_storage_error(response: Reply) -> bool:
-    try:
-        return _ERROR.from_json(response.content)["code"] == "storage_error"
-    except pydantic.ValidationError:
-        return False
+    body = read_error(response.content)
+    return body is not None and body.code == "storage_error"
 
 
 def _error(response: Reply, run_id: str | None) -> Exception:
     """The exception an error reply stands for."""
-    try:
-        body = _ERROR.from_json(response.content)
-    except pydantic.ValidationError:
+    body = read_error(response.content)
+    if body is None:
         text = response.text[:200]
         return ClientError(f"HTTP {response.status} from {response.url}: {text}")
-    if body["code"] == "not_found" and run_id is not None:
+    if body.code == "not_found" and run_id is not None:
         # No route matched: a run id no run can have (e.g. one holding "/").
         return RunNotFoundError(run_id)
-    return load_error(body)
+    return exception_of(body)

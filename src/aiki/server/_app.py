@@ -23,7 +23,8 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiki._core.api import EngineApi
-from aiki._core.wire import ErrorBody, HealthBody
+from aiki._http.bodies import HealthBody
+from aiki._http.errors import plain_error
 from aiki.config import ServerSettings
 from aiki.dashboard import create_dashboard
 from aiki.server._api import runs, workers
@@ -84,8 +85,7 @@ def create_app(
     openapi = json.dumps(build_openapi(ENDPOINTS, secured=api_key is not None)).encode()
 
     async def health(request: Request) -> Response:
-        body: HealthBody = {"status": "ok"}
-        return json_response(body)
+        return json_response(HealthBody())
 
     async def openapi_json(request: Request) -> Response:
         return Response(openapi, media_type="application/json")
@@ -137,11 +137,10 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
-    body: ErrorBody = {
-        "code": _HTTP_CODES.get(status, "http_error"),
-        "message": f"{request.method} {request.url.path}: "
-        + (exc.detail if isinstance(exc, HTTPException) else "error"),
-    }
+    detail = exc.detail if isinstance(exc, HTTPException) else "error"
+    body = plain_error(
+        _HTTP_CODES.get(status, "http_error"), f"{request.method} {request.url.path}: {detail}"
+    )
     response = json_response(body, status)
     if isinstance(exc, HTTPException) and exc.headers:
         response.headers.update(exc.headers)
@@ -187,8 +186,7 @@ class RequireApiKey:
             if sent
             else "this server requires an API key: send 'Authorization: Bearer <key>'"
         )
-        body: ErrorBody = {"code": "unauthorized", "message": message}
-        response = json_response(body, 401)
+        response = json_response(plain_error("unauthorized", message), 401)
         response.headers["WWW-Authenticate"] = "Bearer"
         await response(scope, receive, send)
 

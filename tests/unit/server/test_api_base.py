@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pydantic
+import msgspec
 import pytest
 
-from aiki._core import wire
 from aiki._core.serde import dumps
+from aiki._http.bodies import HeartbeatBody, ReleaseBody
+from aiki._http.codec import Codec
 from aiki.errors import PayloadError
 from aiki.server._api._base import canonical_json, invalid_request
 
@@ -41,19 +42,32 @@ def test_text_that_is_not_storable_json_is_a_payload_error(text: str) -> None:
 
 
 def test_invalid_request_names_the_first_field_with_list_indexes() -> None:
-    schema = wire.Schema(wire.HeartbeatBody)
-    body = b'{"worker_id": "w", "lease_ms": 0, "leases": [{"run_id": "r", "revision": -1}]}'
-    with pytest.raises(pydantic.ValidationError) as caught:
-        schema.from_json(body)
+    codec = Codec(HeartbeatBody)
+    body = b'{"worker_id": "w", "lease_ms": 1, "leases": [{"run_id": "r", "revision": -1}]}'
+    with pytest.raises(msgspec.ValidationError) as caught:
+        codec.decode(body)
 
     error = invalid_request(caught.value, where="body")
 
     assert error.field == "leases[0].revision"
-    assert "leases[0].revision" in str(error) and "lease_ms" in str(error)
+    assert str(error) == "invalid request body: leases[0].revision: Expected `int` >= 0"
+
+
+def test_invalid_request_names_a_missing_field() -> None:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        Codec(HeartbeatBody).decode(b'{"worker_id": "w", "leases": []}')
+    error = invalid_request(caught.value, where="body")
+    assert error.field == "lease_ms" and "lease_ms" in str(error)
+
+
+def test_invalid_request_names_a_missing_nested_field() -> None:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        Codec(HeartbeatBody).decode(b'{"worker_id": "w", "lease_ms": 1, "leases": [{}]}')
+    assert invalid_request(caught.value, where="body").field == "leases[0].run_id"
 
 
 def test_unreadable_body_names_no_field() -> None:
-    with pytest.raises(pydantic.ValidationError) as caught:
-        wire.Schema(wire.ReleaseBody).from_json(b"{oops")
+    with pytest.raises(msgspec.DecodeError) as caught:
+        Codec(ReleaseBody).decode(b"{oops")
     error = invalid_request(caught.value, where="body")
     assert error.field is None and str(error).startswith("request body is not valid JSON")

@@ -9,18 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import pydantic
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
 from aiki._core.api import EngineApi
 from aiki._core.serde import encode
-from aiki._core.wire import ErrorBody, Schema, dump_error
+from aiki._http.codec import BodyError, Codec, error_path
+from aiki._http.codec import encode as encode_body
+from aiki._http.errors import error_reply, plain_error
 from aiki.errors import InvalidRequestError, PayloadError, PayloadTooLargeError
 
 _log = logging.getLogger("aiki.server.http")
@@ -59,8 +61,8 @@ class Call:
         value: str = self.request.path_params[name]
         return value
 
-    async def body(self, schema: Schema[T], *, optional: bool = False) -> T:
-        """The request's JSON body, validated against `schema`.
+    async def body(self, codec: Codec[T], *, optional: bool = False) -> T:
+        """The request's JSON body, read as `codec`'s type.
 
         With `optional`, an empty body counts as `{}`.
 
@@ -72,15 +74,15 @@ class Call:
         if optional and not data.strip():
             data = b"{}"
         try:
-            return schema.from_json(data)
-        except pydantic.ValidationError as exc:
+            return codec.decode(data)
+        except BodyError as exc:
             raise invalid_request(exc, where="body") from None
 
-    def query(self, schema: Schema[T]) -> T:
-        """The query parameters, validated against `schema`."""
+    def query(self, codec: Codec[T]) -> T:
+        """The query parameters, read as `codec`'s type."""
         try:
-            return schema.from_query(dict(self.request.query_params))
-        except pydantic.ValidationError as exc:
+            return codec.from_query(self.request.query_params)
+        except BodyError as exc:
             raise invalid_request(exc, where="query") from None
 
     async def _read_body(self) -> bytes:
@@ -142,48 +144,31 @@ def _body_too_large(size: int, limit: int) -> PayloadTooLargeError:
     )
 
 
-def _field(loc: Sequence[int | str]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text
-
-
-def invalid_request(exc: pydantic.ValidationError, *, where: str) -> InvalidRequestError:
-    """Describe a validation failure, naming the first offending field."""
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    if first["type"] == "json_invalid":
-        reason = first["msg"].removeprefix("Invalid JSON: ")
+def invalid_request(
+    exc: msgspec.ValidationError | msgspec.DecodeError, *, where: str
+) -> InvalidRequestError:
+    """Describe a body or query that is not what the endpoint reads, naming the field."""
+    if not isinstance(exc, msgspec.ValidationError):
+        reason = str(exc).removeprefix("JSON is malformed: ")
         return InvalidRequestError(f"request {where} is not valid JSON: {reason}")
-    if not first["loc"]:
-        return InvalidRequestError(f"request {where}: {first['msg']}", field=None)
-    parts = [f"{_field(e['loc'])}: {e['msg']}" for e in errors[:5]]
-    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-    return InvalidRequestError(
-        f"invalid request {where}: {'; '.join(parts)}{more}", field=_field(first["loc"])
-    )
+    reason, path = error_path(exc)
+    if path is None:
+        return InvalidRequestError(f"request {where}: {reason}", field=None)
+    return InvalidRequestError(f"invalid request {where}: {path}: {reason}", field=path)
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    """A JSON reply (compact, UTF-8)."""
-    content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return Response(content.encode(), status_code=status, media_type=_JSON)
+def json_response(body: object, status: int = 200) -> Response:
+    """A JSON reply (compact, UTF-8) of a record or of plain JSON values."""
+    return Response(encode_body(body), status_code=status, media_type=_JSON)
 
 
 def error_response(exc: Exception) -> Response:
     """The reply for an exception: its stable code, or 500 `internal_error`."""
-    mapped = dump_error(exc)
+    mapped = error_reply(exc)
     if mapped is None:
         _log.error("unexpected error answering a request", exc_info=exc)
-        body: ErrorBody = {
-            "code": "internal_error",
-            "message": f"internal server error ({type(exc).__name__}); see the server log",
-        }
-        return json_response(body, 500)
+        message = f"internal server error ({type(exc).__name__}); see the server log"
+        return json_response(plain_error("internal_error", message), 500)
     status, error = mapped
     return json_response(error, status)
 
@@ -200,9 +185,9 @@ class Endpoint:
     name: str
     summary: str
     handler: Handler
-    body: Schema[Any] | None = None
-    query: Schema[Any] | None = None
-    reply: Schema[Any] | None = None  # None: 204 No Content
+    body: Codec[Any] | None = None
+    query: Codec[Any] | None = None
+    reply: Codec[Any] | None = None  # None: 204 No Content
     status: int = 200
     errors: tuple[str, ...] = field(default=())
     tag: str = "runs"

@@ -7,16 +7,15 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-import pydantic
-from pydantic.json_schema import JsonSchemaMode
-
-from aiki._core.wire import ERROR_CODES, ErrorBody, HealthBody, Schema
+from aiki._http.bodies import HealthBody
+from aiki._http.codec import Codec, json_schemas
+from aiki._http.errors import ERROR_CODES, ErrorBody
 from aiki.server._api._base import Endpoint
 
-ERROR = Schema(ErrorBody)
-HEALTH = Schema(HealthBody)
+ERROR = Codec(ErrorBody)
+HEALTH = Codec(HealthBody)
 
-_REF = "#/components/schemas/{model}"
+_REF = "#/components/schemas/{name}"
 _PATH_PARAM = re.compile(r"{(\w+)}")
 
 # Sent by any endpoint, whatever it does.
@@ -57,8 +56,9 @@ def build_openapi(endpoints: Sequence[Endpoint], *, secured: bool) -> dict[str, 
             "version": _version(),
             "description": (
                 "Durable workflow engine. Every error reply is an `ErrorBody` with a stable "
-                "`code`; payloads and results stored as canonical JSON text travel as strings "
-                "(`*_json` fields), other payloads as JSON values."
+                "`code`. Payloads and results travel as their canonical JSON text, in string "
+                "fields named `*_json` (`payload_json`, `result_json`, `data_json`); the server "
+                "stores and returns that text as it is."
             ),
         },
         "paths": paths,
@@ -80,24 +80,19 @@ def _version() -> str:
 
 
 def _schemas(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
-    seen: dict[str, Schema[Any]] = {ERROR.name: ERROR, HEALTH.name: HEALTH}
+    seen: dict[str, Codec[Any]] = {ERROR.name: ERROR, HEALTH.name: HEALTH}
     for endpoint in endpoints:
-        for schema in (endpoint.body, endpoint.query, endpoint.reply):
-            if schema is not None:
-                seen[schema.name] = schema
-    mode: JsonSchemaMode = "validation"
-    _, top = pydantic.TypeAdapter.json_schemas(
-        [(name, mode, schema.adapter) for name, schema in seen.items()], ref_template=_REF
-    )
-    defs: dict[str, Any] = top.get("$defs", {})
-    return defs
+        for codec in (endpoint.body, endpoint.query, endpoint.reply):
+            if codec is not None:
+                seen[codec.name] = codec
+    return json_schemas([codec.kind for codec in seen.values()], ref_template=_REF)
 
 
-def _ref(schema: Schema[Any]) -> dict[str, str]:
-    return {"$ref": _REF.format(model=schema.name)}
+def _ref(codec: Codec[Any]) -> dict[str, str]:
+    return {"$ref": _REF.format(name=codec.name)}
 
 
-def _json_reply(description: str, schema: Schema[Any]) -> dict[str, Any]:
+def _json_reply(description: str, schema: Codec[Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
 

@@ -7,114 +7,108 @@ from dataclasses import replace
 from starlette.responses import Response
 
 from aiki._core.ids import RunId
-from aiki._core.wire import (
+from aiki._core.models import Enqueued, NewEvent, NewRun, RunStatus
+from aiki._http.bodies import (
     CancelBody,
-    EnqueuedBody,
     EventSentBody,
     HistoryBody,
     ListRunsQuery,
-    NewRunBody,
-    RunPageBody,
-    RunStatusBody,
-    Schema,
+    RunPage,
     SendEventBody,
     WaitQuery,
     WorkersBody,
     WorkflowsBody,
-    dump_enqueued,
-    dump_event_sent,
-    dump_history,
-    dump_run_page,
-    dump_run_status,
-    dump_workers,
-    dump_workflows,
-    load_new_run,
-    load_send_event,
 )
+from aiki._http.codec import Codec
 from aiki.server._api._base import Call, Endpoint, canonical_json, json_response
 
-NEW_RUN = Schema(NewRunBody)
-ENQUEUED = Schema(EnqueuedBody)
-RUN_STATUS = Schema(RunStatusBody)
-HISTORY = Schema(HistoryBody)
-WAIT = Schema(WaitQuery)
-CANCEL = Schema(CancelBody)
-SEND_EVENT = Schema(SendEventBody)
-EVENT_SENT = Schema(EventSentBody)
-LIST_RUNS = Schema(ListRunsQuery)
-RUN_PAGE = Schema(RunPageBody)
-WORKERS = Schema(WorkersBody)
-WORKFLOWS = Schema(WorkflowsBody)
+NEW_RUN = Codec(NewRun)
+ENQUEUED = Codec(Enqueued)
+RUN_STATUS = Codec(RunStatus)
+HISTORY = Codec(HistoryBody)
+WAIT = Codec(WaitQuery)
+CANCEL = Codec(CancelBody)
+SEND_EVENT = Codec(SendEventBody)
+EVENT_SENT = Codec(EventSentBody)
+LIST_RUNS = Codec(ListRunsQuery)
+RUN_PAGE = Codec(RunPage)
+WORKERS = Codec(WorkersBody)
+WORKFLOWS = Codec(WorkflowsBody)
 
 
 async def enqueue(call: Call) -> Response:
     """Create a run (201), or find the one its idempotency key names (200)."""
-    new = load_new_run(await call.body(NEW_RUN))
+    new = await call.body(NEW_RUN)
     # Hand-written requests may send any JSON text: store and compare the canonical form,
     # which is the text itself when it comes from an Aiki client.
     payload_json = canonical_json(new.payload_json, what=f"workflow {new.workflow!r} payload")
     enqueued = await call.api.enqueue(replace(new, payload_json=payload_json))
-    return json_response(dump_enqueued(enqueued), 201 if enqueued.created else 200)
+    return json_response(enqueued, 201 if enqueued.created else 200)
 
 
 async def get_status(call: Call) -> Response:
     """The run's status."""
     status = await call.api.get_status(RunId(call.path("run_id")))
-    return json_response(dump_run_status(status))
+    return json_response(status)
 
 
 async def get_history(call: Call) -> Response:
     """The run's history, oldest first."""
     history = await call.api.get_history(RunId(call.path("run_id")))
-    return json_response(dump_history(history))
+    return json_response(HistoryBody(events=tuple(history)))
 
 
 async def wait(call: Call) -> Response:
     """Long-poll: the status once the run is final, or when `timeout_s` (capped) passes."""
     run_id = RunId(call.path("run_id"))
     cap = call.limits.long_poll_cap_s
-    timeout = min(call.query(WAIT).get("timeout_s", cap), cap)
+    asked = call.query(WAIT).timeout_s
+    timeout = cap if asked is None else min(asked, cap)
     status, _ = await call.long_poll(call.api.wait(run_id, timeout))
-    return json_response(dump_run_status(status))
+    return json_response(status)
 
 
 async def cancel(call: Call) -> Response:
     """Cancel the run; a run already final is returned unchanged."""
     body = await call.body(CANCEL, optional=True)
-    status = await call.api.cancel(RunId(call.path("run_id")), body.get("reason"))
-    return json_response(dump_run_status(status))
+    status = await call.api.cancel(RunId(call.path("run_id")), body.reason)
+    return json_response(status)
 
 
 async def send_event(call: Call) -> Response:
     """Store an event for the run (201), or find the one its idempotency key names (200)."""
-    new = load_send_event(RunId(call.path("run_id")), await call.body(SEND_EVENT))
-    data_json = canonical_json(new.data_json, what=f"data of event {new.name!r}")
-    sent = await call.api.send_event(replace(new, data_json=data_json))
-    return json_response(dump_event_sent(sent), 201 if sent.created else 200)
+    body = await call.body(SEND_EVENT)
+    new = NewEvent(
+        run_id=RunId(call.path("run_id")),
+        name=body.name,
+        data_json=canonical_json(body.data_json, what=f"data of event {body.name!r}"),
+        idempotency_key=body.idempotency_key,
+    )
+    sent = await call.api.send_event(new)
+    reply = EventSentBody(seq=sent.seq, created=sent.created)
+    return json_response(reply, 201 if sent.created else 200)
 
 
 async def list_runs(call: Call) -> Response:
     """Runs, newest first, filtered, one page at a time."""
     query = call.query(LIST_RUNS)
-    after = query.get("after")
-    limit = query.get("limit", 100)
     runs = await call.api.list_runs(
-        workflow=query.get("workflow"),
-        state=query.get("state"),
-        after=None if after is None else RunId(after),
-        limit=limit,
+        workflow=query.workflow,
+        state=query.state,
+        after=None if query.after is None else RunId(query.after),
+        limit=query.limit,
     )
-    return json_response(dump_run_page(runs, limit=limit))
+    return json_response(RunPage.of(runs, limit=query.limit))
 
 
 async def list_workers(call: Call) -> Response:
     """Every worker the server has heard from, alive or not."""
-    return json_response(dump_workers(await call.api.list_workers()))
+    return json_response(WorkersBody(workers=tuple(await call.api.list_workers())))
 
 
 async def list_workflows(call: Call) -> Response:
     """Every workflow version known, with live workers and run counts."""
-    return json_response(dump_workflows(await call.api.list_workflows()))
+    return json_response(WorkflowsBody(workflows=tuple(await call.api.list_workflows())))
 
 
 _RUN = ("run_not_found",)

@@ -13,81 +13,57 @@ from starlette.responses import Response
 
 from aiki._core.api import EngineApi
 from aiki._core.ids import RunId, WorkerId
-from aiki._core.models import Lease, PollReply
-from aiki._core.wire import (
+from aiki._core.models import HeartbeatReply, Lease, PollReply, PollRequest
+from aiki._http.bodies import (
     FinishBody,
     FinishTaskBody,
-    FinishTaskReplyBody,
+    FinishTaskReply,
     HeartbeatBody,
-    HeartbeatReplyBody,
     NextEventBody,
-    NextEventReplyBody,
-    PollReplyBody,
-    PollRequestBody,
+    NextEventReply,
     RegisterWorkerBody,
     ReleaseBody,
-    Schema,
     StartTaskBody,
     SuspendBody,
     UnregisterWorkerBody,
-    dump_heartbeat_reply,
-    dump_next_event_reply,
-    dump_poll_reply,
-    load_lease,
-    load_poll_request,
-    load_run_outcome,
-    load_task_end,
-    load_task_start,
-    load_wait_info,
-    load_workflow_key,
 )
+from aiki._http.codec import Codec
 from aiki.errors import AikiError
-from aiki.server._api._base import (
-    Call,
-    ClientGoneError,
-    Endpoint,
-    canonical_json,
-    json_response,
-    no_content,
-)
+from aiki.server._api._base import Call, ClientGoneError, Endpoint, json_response, no_content
 
-REGISTER = Schema(RegisterWorkerBody)
-UNREGISTER = Schema(UnregisterWorkerBody)
-POLL = Schema(PollRequestBody)
-POLL_REPLY = Schema(PollReplyBody)
-HEARTBEAT = Schema(HeartbeatBody)
-HEARTBEAT_REPLY = Schema(HeartbeatReplyBody)
-START_TASK = Schema(StartTaskBody)
-FINISH_TASK = Schema(FinishTaskBody)
-FINISH_TASK_REPLY = Schema(FinishTaskReplyBody)
-SUSPEND = Schema(SuspendBody)
-NEXT_EVENT = Schema(NextEventBody)
-NEXT_EVENT_REPLY = Schema(NextEventReplyBody)
-RELEASE = Schema(ReleaseBody)
-FINISH = Schema(FinishBody)
+REGISTER = Codec(RegisterWorkerBody)
+UNREGISTER = Codec(UnregisterWorkerBody)
+POLL = Codec(PollRequest)
+POLL_REPLY = Codec(PollReply)
+HEARTBEAT = Codec(HeartbeatBody)
+HEARTBEAT_REPLY = Codec(HeartbeatReply)
+START_TASK = Codec(StartTaskBody)
+FINISH_TASK = Codec(FinishTaskBody)
+FINISH_TASK_REPLY = Codec(FinishTaskReply)
+SUSPEND = Codec(SuspendBody)
+NEXT_EVENT = Codec(NextEventBody)
+NEXT_EVENT_REPLY = Codec(NextEventReply)
+RELEASE = Codec(ReleaseBody)
+FINISH = Codec(FinishBody)
 
 
 async def register_worker(call: Call) -> Response:
     """Record the worker as alive for `lease_ms`, serving `workflows`."""
     body = await call.body(REGISTER)
-    await call.api.register_worker(
-        WorkerId(body["worker_id"]),
-        [load_workflow_key(k) for k in body["workflows"]],
-        body["lease_ms"],
-    )
+    await call.api.register_worker(WorkerId(body.worker_id), list(body.workflows), body.lease_ms)
     return no_content()
 
 
 async def unregister_worker(call: Call) -> Response:
     """The worker stops: it no longer counts as alive."""
     body = await call.body(UNREGISTER)
-    await call.api.unregister_worker(WorkerId(body["worker_id"]))
+    await call.api.unregister_worker(WorkerId(body.worker_id))
     return no_content()
 
 
 async def poll(call: Call) -> Response:
     """Long-poll for runs to claim and cancel requests; cancelled if the worker disconnects."""
-    request = load_poll_request(await call.body(POLL))
+    request = await call.body(POLL)
     cap_ms = int(call.limits.long_poll_cap_s * 1000)
     if request.wait_ms > cap_ms:
         request = replace(request, wait_ms=cap_ms)
@@ -97,7 +73,7 @@ async def poll(call: Call) -> Response:
         # now rather than let them wait out their lease.
         await _hand_back(call.api, reply)
         raise ClientGoneError
-    return json_response(dump_poll_reply(reply))
+    return json_response(reply)
 
 
 async def _hand_back(api: EngineApi, reply: PollReply) -> None:
@@ -109,10 +85,8 @@ async def _hand_back(api: EngineApi, reply: PollReply) -> None:
 async def heartbeat(call: Call) -> Response:
     """Extend the worker's leases; say which are lost and which runs are to be cancelled."""
     body = await call.body(HEARTBEAT)
-    reply = await call.api.heartbeat(
-        WorkerId(body["worker_id"]), [load_lease(x) for x in body["leases"]], body["lease_ms"]
-    )
-    return json_response(dump_heartbeat_reply(reply))
+    reply = await call.api.heartbeat(WorkerId(body.worker_id), list(body.leases), body.lease_ms)
+    return json_response(reply)
 
 
 def _lease(call: Call, revision: int) -> Lease:
@@ -122,54 +96,44 @@ def _lease(call: Call, revision: int) -> Lease:
 async def start_task(call: Call) -> Response:
     """Record that a task attempt began."""
     body = await call.body(START_TASK)
-    await call.api.start_task(_lease(call, body["revision"]), load_task_start(body["start"]))
+    await call.api.start_task(_lease(call, body.revision), body.start)
     return no_content()
 
 
 async def finish_task(call: Call) -> Response:
     """Record how a task attempt ended; reply whether the run is to be cancelled."""
     body = await call.body(FINISH_TASK)
-    end = load_task_end(body["end"])
-    if end.result_json is not None:
-        text = canonical_json(end.result_json, what=f"task {end.address.task!r} result")
-        end = replace(end, result_json=text)
-    cancel_requested = await call.api.finish_task(_lease(call, body["revision"]), end)
-    reply: FinishTaskReplyBody = {"cancel_requested": cancel_requested}
-    return json_response(reply)
+    # The result is the worker's canonical JSON text: stored as sent, never parsed here.
+    cancel_requested = await call.api.finish_task(_lease(call, body.revision), body.end)
+    return json_response(FinishTaskReply(cancel_requested=cancel_requested))
 
 
 async def next_event(call: Call) -> Response:
     """The held run's first event of a name after a seq, or null."""
     body = await call.body(NEXT_EVENT)
-    event = await call.api.next_event(
-        _lease(call, body["revision"]), body["name"], body["after_seq"]
-    )
-    return json_response(dump_next_event_reply(event))
+    event = await call.api.next_event(_lease(call, body.revision), body.name, body.after_seq)
+    return json_response(NextEventReply(event=event))
 
 
 async def suspend(call: Call) -> Response:
     """Put the run to wait (a retry backoff, a sleep, an event) and free the worker."""
     body = await call.body(SUSPEND)
-    await call.api.suspend(_lease(call, body["revision"]), load_wait_info(body["wait"]))
+    await call.api.suspend(_lease(call, body.revision), body.wait)
     return no_content()
 
 
 async def release(call: Call) -> Response:
     """Hand the run back unfinished (the worker is stopping)."""
     body = await call.body(RELEASE)
-    await call.api.release(_lease(call, body["revision"]))
+    await call.api.release(_lease(call, body.revision))
     return no_content()
 
 
 async def finish(call: Call) -> Response:
     """End the run: completed with its result, failed with its error, or cancelled."""
     body = await call.body(FINISH)
-    lease = _lease(call, body["revision"])
-    outcome = load_run_outcome(body["outcome"])
-    if outcome.result_json is not None:
-        text = canonical_json(outcome.result_json, what=f"result of workflow run {lease.run_id}")
-        outcome = replace(outcome, result_json=text)
-    await call.api.finish(lease, outcome)
+    # As for a task's result: the worker's canonical text, stored as sent.
+    await call.api.finish(_lease(call, body.revision), body.outcome)
     return no_content()
 
 
