@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 import aiki
+from aiki._core.models import NewRun
 from aiki.examples import morning_routine
 from aiki.testing import FakeClock
 from conftest import WorkerFactory
@@ -60,6 +61,20 @@ async def test_non_json_payload_is_refused_before_anything_is_stored(
     message = str(refused.value)
     assert "workflow 'checkout' payload" in message and "set" in message
     assert isinstance(refused.value, TypeError)
+    assert await client.list_runs() == []
+
+
+async def test_payload_not_matching_the_workflows_model_is_refused_before_sending(
+    client: aiki.Client,
+) -> None:
+    """The SDK checks what the worker would decode: no run is created to fail later."""
+    with pytest.raises(aiki.PayloadError) as refused:
+        await checkout.enqueue(client, payload={"order_id": "forty-two"})  # type: ignore[arg-type]
+
+    message = str(refused.value)
+    assert message.startswith("workflow 'checkout' payload does not match Order: ")
+    assert "order_id: Input should be a valid integer" in message
+    assert "amount_cents: Field required" in message
     assert await client.list_runs() == []
 
 
@@ -198,11 +213,15 @@ async def test_any_exception_fails_the_run_with_its_message(
     assert error.type.endswith(type(exc).__qualname__)
 
 
-async def test_payload_that_does_not_fit_the_workflow_type_fails_the_run(
+async def test_payload_enqueued_by_name_that_does_not_fit_the_workflow_type_fails_the_run(
     client: aiki.Client, make_worker: WorkerFactory
 ) -> None:
+    """By name (CLI, HTTP) nothing checked the payload against the model: the worker does."""
     await make_worker(checkout)
-    handle = await checkout.enqueue(client, payload={"order_id": "not a number"})  # type: ignore[arg-type]
+    by_name = NewRun(
+        workflow="checkout", version="1.0.0", payload_json='{"order_id":"not a number"}'
+    )
+    handle = await client.enqueue(by_name)
     with pytest.raises(aiki.WorkflowRunFailedError) as failed:
         await handle.wait_for_completion(timeout=10)
     assert "order_id" in failed.value.error.message

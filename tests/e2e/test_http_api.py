@@ -360,7 +360,9 @@ async def test_body_over_the_limit_is_413(tmp_path: Path, clock: FakeClock) -> N
             body = {"workflow": "w", "version": "1", "payload_json": dumps("x" * 100_000)}
             response = await raw.post("/v1/runs", json=body)
     assert response.status_code == 413
-    assert response.json()["code"] == "payload_too_large"
+    error = response.json()
+    assert (error["code"], error["limit"]) == ("payload_too_large", 100)
+    assert "within the limit of 100 bytes (max_payload_bytes)" in error["message"]
 
 
 async def test_unknown_route_and_method_are_json(raw: httpx.AsyncClient) -> None:

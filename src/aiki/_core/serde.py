@@ -108,7 +108,7 @@ def check_size(text: str, *, what: str, limit: int) -> None:
     size = len(text.encode())
     if size > limit:
         raise PayloadTooLargeError(
-            f"{what}: {size} bytes of JSON is over the limit of {limit} bytes",
+            f"{what}: {size} bytes of JSON is over the limit of {limit} bytes (max_payload_bytes)",
             size=size,
             limit=limit,
         )
@@ -135,6 +135,20 @@ class Decoder:
             return value
         return self._adapter.validate_python(value)
 
+    def check(self, value: JSONValue, *, what: str) -> None:
+        """Refuse `value` now if decoding it would fail later (plain JSON always passes).
+
+        Raises:
+            PayloadError: the annotated type does not accept `value`; says where and why.
+        """
+        if self._adapter is None:
+            return
+        try:
+            self._adapter.validate_python(value)
+        except pydantic.ValidationError as exc:
+            expected = _type_name(self._adapter)
+            raise PayloadError(f"{what} does not match {expected}: {_reasons(exc)}") from None
+
     def decode_json(self, text: str | None) -> Any:
         """`decode` for JSON text: parsed once, straight into the annotated type.
 
@@ -145,6 +159,22 @@ class Decoder:
         if self._adapter is None:
             return loads(text)
         return self._adapter.validate_json(text)
+
+
+def _type_name(adapter: pydantic.TypeAdapter[Any]) -> str:
+    title = adapter.json_schema().get("title")
+    return str(title) if title else "the annotated type"
+
+
+def _reasons(exc: pydantic.ValidationError, shown: int = 3) -> str:
+    """The first few of pydantic's complaints, one line: `user_id: Field required; ...`."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for error in errors[:shown]:
+        where = ".".join(str(part) for part in error["loc"]) or "top level"
+        parts.append(f"{where}: {error['msg']}")
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return "; ".join(parts) + more
 
 
 def _is_plain_json(annotation: Any) -> bool:

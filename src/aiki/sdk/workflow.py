@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from aiki._core.models import NewRun, WorkflowKey
-from aiki._core.serde import Decoder, JSONValue, encode
+from aiki._core.serde import Decoder, JSONValue, encode_json_value, to_json_value
 from aiki.client import Client, RunHandle
 from aiki.sdk._context import WorkflowRun
 from aiki.sdk._signature import check_single_argument, first_argument_type, return_type
@@ -55,7 +55,8 @@ class Workflow(Generic[P, R]):
                 run, in whatever state it is.
 
         Raises:
-            PayloadError: the payload is not JSON, or is too large.
+            PayloadError: the payload is not JSON, does not match the workflow's payload type
+                (nothing is sent then), or is too large.
             IdempotencyConflictError: the key is taken by a run with another payload.
         """
         if idempotency_key is not None and not isinstance(idempotency_key, str):
@@ -63,7 +64,12 @@ class Workflow(Generic[P, R]):
                 f"workflow {self.name!r}: idempotency_key must be a str, "
                 f"got {type(idempotency_key).__name__}"
             )
-        text = encode(payload, what=f"workflow {self.name!r} payload", limit=None)
+        what = f"workflow {self.name!r} payload"
+        value = to_json_value(payload, what=what)
+        # Checked here, as the worker will decode it: a payload the workflow cannot take must
+        # not become a run that fails on the worker.
+        self._payload.check(value, what=what)
+        text = encode_json_value(value, what=what, limit=None)
         new = NewRun(
             workflow=self.name,
             version=self.version,

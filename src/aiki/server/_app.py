@@ -79,6 +79,7 @@ def create_app(
     if long_poll_cap_s <= 0:
         raise ValueError(f"long_poll_cap_s must be > 0, got {long_poll_cap_s}")
     limits = Limits(
+        max_payload_bytes=server.settings.max_payload_bytes,
         max_body_bytes=server.settings.max_payload_bytes * _BODY_OVERHEAD + _BODY_SLACK,
         long_poll_cap_s=long_poll_cap_s,
     )

@@ -38,8 +38,14 @@ _JSON = "application/json"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """What the HTTP layer accepts."""
+    """What the HTTP layer accepts.
 
+    There is one size limit users set, `max_payload_bytes`; a body may be larger than the
+    payload it carries (JSON escapes, the other fields), so `max_body_bytes` is derived from it,
+    and a body over it is refused naming the payload limit: the one the user can act on.
+    """
+
+    max_payload_bytes: int
     max_body_bytes: int
     long_poll_cap_s: float = LONG_POLL_CAP_S
 
@@ -89,13 +95,13 @@ class Call:
         limit = self.limits.max_body_bytes
         declared = self.request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _body_too_large(int(declared), limit)
+            raise _body_too_large(int(declared), self.limits)
         chunks: list[bytes] = []
         size = 0
         async for chunk in self.request.stream():
             size += len(chunk)
             if size > limit:
-                raise _body_too_large(size, limit)
+                raise _body_too_large(size, self.limits)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -138,9 +144,13 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
-def _body_too_large(size: int, limit: int) -> PayloadTooLargeError:
+def _body_too_large(size: int, limits: Limits) -> PayloadTooLargeError:
+    limit = limits.max_payload_bytes
     return PayloadTooLargeError(
-        f"request body of {size} bytes is over the limit of {limit} bytes", size=size, limit=limit
+        f"request body of {size} bytes cannot hold a payload within the limit of {limit} bytes "
+        "(max_payload_bytes)",
+        size=size,
+        limit=limit,
     )
 
 
