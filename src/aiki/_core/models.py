@@ -154,12 +154,16 @@ class HistoryEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewRun:
-    """An enqueue request, its payload already validated and encoded."""
+    """An enqueue request, its payload encoded as JSON text."""
 
     workflow: Name
     version: Name
     payload_json: str
     idempotency_key: Name | None = None
+    # True when the SDK encoded the payload (canonical text, checked against the workflow's
+    # payload type): the server stores the text as sent, unparsed. Otherwise, for an enqueue by
+    # name (CLI, HTTP), the server parses it once to store and compare its canonical form.
+    checked: bool = False
     # Refuse a name and version nobody has defined yet (a worker registering it, or an
     # enqueue from its `aiki.workflow`): for enqueues by name, where a typo would otherwise
     # wait forever.

@@ -114,6 +114,19 @@ def check_size(text: str, *, what: str, limit: int) -> None:
         )
 
 
+def canonical_json(text: str, *, what: str) -> str:
+    """Check that `text` is JSON and return its canonical form (the same text, if it was).
+
+    Raises:
+        PayloadError: not JSON text, or not a JSON value Aiki stores (NaN, a lone surrogate).
+    """
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"{what} is not JSON text: {exc}") from None
+    return encode(value, what=what, limit=None)
+
+
 def digest(text: str) -> str:
     """SHA-256 hex digest of canonical JSON text: the payload part of a task's address."""
     return hashlib.sha256(text.encode()).hexdigest()

@@ -75,6 +75,7 @@ class Workflow(Generic[P, R]):
             version=self.version,
             payload_json=text,
             idempotency_key=idempotency_key,
+            checked=True,
         )
         return await client.enqueue(new, result=self._result)
 

@@ -37,7 +37,7 @@ from aiki._core.models import (
     WorkflowSummary,
     check_event_name,
 )
-from aiki._core.serde import check_size
+from aiki._core.serde import canonical_json, check_size
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
 from aiki.errors import (
@@ -95,11 +95,12 @@ class Service:
     # --- applications -------------------------------------------------------------------
 
     async def enqueue(self, new: NewRun) -> Enqueued:
-        check_size(
-            new.payload_json,
-            what=f"workflow {new.workflow!r} payload",
-            limit=self._settings.max_payload_bytes,
-        )
+        what = f"workflow {new.workflow!r} payload"
+        check_size(new.payload_json, what=what, limit=self._settings.max_payload_bytes)
+        if not new.checked:
+            # By name (CLI, HTTP): any JSON text may come, and storage compares payloads as
+            # text for idempotency, so it keeps the canonical form. The SDK's text already is.
+            new = replace(new, payload_json=canonical_json(new.payload_json, what=what))
         if new.require_known:
             known = await self._storage.workflow_versions(new.workflow)
             if new.version not in known:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from aiki._core.serde import dumps
+from aiki._core.serde import canonical_json, dumps
 from aiki._http.bodies import HeartbeatBody, ReleaseBody
 from aiki._http.codec import Codec
 from aiki.errors import PayloadError
-from aiki.server._api._base import canonical_json, invalid_request
+from aiki.server._api._base import invalid_request
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ send); the same description builds the Starlette route and its entry in the Open
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,11 +18,10 @@ from starlette.responses import Response
 from starlette.types import Receive
 
 from aiki._core.api import EngineApi
-from aiki._core.serde import encode
 from aiki._http.codec import BodyError, Codec, error_path
 from aiki._http.codec import encode as encode_body
 from aiki._http.errors import error_reply, plain_error
-from aiki.errors import InvalidRequestError, PayloadError, PayloadTooLargeError
+from aiki.errors import InvalidRequestError, PayloadTooLargeError
 
 _log = logging.getLogger("aiki.server.http")
 
@@ -206,16 +204,3 @@ class Endpoint:
 def no_content() -> Response:
     """The reply of a call that returns nothing."""
     return Response(status_code=204)
-
-
-def canonical_json(text: str, *, what: str) -> str:
-    """Check that `text` is JSON and return its canonical form (the same text, if it was).
-
-    Raises:
-        PayloadError: not JSON text, or not a JSON value Aiki stores (NaN, a lone surrogate).
-    """
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"{what} is not JSON text: {exc}") from None
-    return encode(value, what=what, limit=None)

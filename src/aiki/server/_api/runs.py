@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from starlette.responses import Response
 
 from aiki._core.ids import RunId
 from aiki._core.models import Enqueued, NewEvent, NewRun, RunStatus
+from aiki._core.serde import canonical_json
 from aiki._http.bodies import (
     CancelBody,
     EventSentBody,
@@ -20,7 +19,7 @@ from aiki._http.bodies import (
     WorkflowsBody,
 )
 from aiki._http.codec import Codec
-from aiki.server._api._base import Call, Endpoint, canonical_json, json_response
+from aiki.server._api._base import Call, Endpoint, json_response
 
 NEW_RUN = Codec(NewRun)
 ENQUEUED = Codec(Enqueued)
@@ -38,11 +37,7 @@ WORKFLOWS = Codec(WorkflowsBody)
 
 async def enqueue(call: Call) -> Response:
     """Create a run (201), or find the one its idempotency key names (200)."""
-    new = await call.body(NEW_RUN)
-    # Hand-written requests may send any JSON text: store and compare the canonical form,
-    # which is the text itself when it comes from an Aiki client.
-    payload_json = canonical_json(new.payload_json, what=f"workflow {new.workflow!r} payload")
-    enqueued = await call.api.enqueue(replace(new, payload_json=payload_json))
+    enqueued = await call.api.enqueue(await call.body(NEW_RUN))
     return json_response(enqueued, 201 if enqueued.created else 200)
 
 
