@@ -41,12 +41,6 @@ LEASE_MS = 60_000
 
 
 @pytest.fixture
-async def database(postgres_db: PostgresDatabase) -> PostgresDatabase:
-    await postgres_db.reset()
-    return postgres_db
-
-
-@pytest.fixture
 async def two(database: PostgresDatabase) -> AsyncIterator[tuple[PostgresStorage, PostgresStorage]]:
     """Two storages on one database: two pools, as two servers would have."""
     first = PostgresStorage(database.dsn, max_size=4)

@@ -17,9 +17,8 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -44,42 +43,6 @@ ENQUEUE_CONCURRENCY = 16
 CHECK_EVERY_S = 0.1  # how often a wait on hundreds of runs looks again
 ALL_DONE_S = 30.0  # the longest any batch of runs here may take to complete
 OUTAGE_S = 10.0  # how long Redis stays down
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-@pytest.fixture
-def effects(tmp_path: Path) -> SideEffects:
-    return SideEffects(tmp_path / "effects.log")
-
-
-@pytest.fixture
-async def database(postgres_db: PostgresDatabase) -> PostgresDatabase:
-    """The session's database, emptied."""
-    await postgres_db.reset()
-    return postgres_db
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Callable[[Server], Awaitable[aiki.Client]]]:
-    """`await connect(server)`: an HTTP client of a server process, closed after the test."""
-    clients: list[aiki.Client] = []
-
-    async def make(server: Server) -> aiki.Client:
-        client = await aiki.create_client(url=server.url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 def new_namespace() -> str:
