@@ -37,8 +37,8 @@ from aiki.cli._output import timeline
 def dev(storage: str, host: str, port: int, exit_when_done: bool) -> None:
     """Run Aiki in one process: storage, HTTP server and a worker with the example workflows.
 
-    The example runs (the concept document's morning routine, v1 and v2 with a durable sleep,
-    and user onboarding v1 and v2) are enqueued at start and their results and timelines printed.
+    The example runs (the morning routine, v1 and v2 with a durable sleep, and user
+    onboarding v1 and v2) are enqueued at start and their results and timelines printed.
     """
     run_command(_dev(storage, host, port, exit_when_done))
 
