@@ -33,6 +33,7 @@ from aiki._core.serde import dumps
 from aiki._core.states import RunState
 from aiki.errors import IdempotencyConflictError, LeaseLostError, StorageError
 from aiki.storage.postgres import PostgresStorage
+from helpers import until
 
 pytestmark = pytest.mark.postgres
 
@@ -389,24 +390,35 @@ async def test_storage_recovers_when_its_connections_are_terminated_mid_load(
     async with PostgresStorage(database.dsn, min_size=4, max_size=8) as storage:
         failures: list[BaseException] = []
         stop = asyncio.Event()
+        completed = 0  # workflows done by all loaders
+        progressed = asyncio.Event()
 
         async def load(n: int) -> int:
+            nonlocal completed
             done = 0
             while not stop.is_set():
                 try:
                     await _one_workflow(storage, n * 10_000 + done)
                     done += 1
+                    completed += 1
+                    progressed.set()
                 except StorageError as exc:  # anything else fails the test
                     failures.append(exc)
             return done
 
+        async def more_completed(count: int) -> None:
+            target = completed + count
+            while completed < target:
+                progressed.clear()
+                await progressed.wait()
+
         async with asyncio.timeout(30):  # a call that hangs fails the test here
             loaders = [asyncio.create_task(load(n)) for n in range(8)]
-            await asyncio.sleep(0.3)
+            await more_completed(16)  # under load: every connection busy
             terminated = await _terminate_aiki_backends(database.dsn)
-            await asyncio.sleep(0.3)
+            await more_completed(16)  # on new connections
             terminated += await _terminate_aiki_backends(database.dsn)
-            await asyncio.sleep(0.3)
+            await more_completed(16)
             stop.set()
             done = await asyncio.gather(*loaders)
 
@@ -423,7 +435,11 @@ async def test_idle_connections_terminated_are_replaced(database: PostgresDataba
     async with PostgresStorage(database.dsn, min_size=4, max_size=4) as storage:
         await asyncio.gather(*(storage.enqueue(new_run(i)) for i in range(8)))
         assert await _terminate_aiki_backends(database.dsn) == 4
-        await asyncio.sleep(0.1)  # the pool's connections read the server's goodbye
+        # Wait until the pool has read the server's goodbye on every connection: a call on a
+        # connection that has not yet seen it fails (the case of the mid-load test above).
+        pool = storage._pool
+        assert pool is not None
+        await until(lambda: pool.get_idle_size() == 0)
         results = await asyncio.gather(
             *(storage.get_run(RunId("0" * 26)) for _ in range(8)), return_exceptions=True
         )
