@@ -364,6 +364,12 @@ async def _terminate_aiki_backends(dsn: str) -> int:
     return terminated
 
 
+def _server_pids(pool: asyncpg.Pool[asyncpg.Record]) -> set[int]:
+    """The server processes of the pool's open connections (asyncpg keeps them in holders)."""
+    connections = [getattr(holder, "_con", None) for holder in getattr(pool, "_holders", ())]
+    return {c.get_server_pid() for c in connections if c is not None and not c.is_closed()}
+
+
 async def _one_workflow(storage: PostgresStorage, i: int) -> None:
     await storage.enqueue(new_run(i))
     for claimed in await storage.claim(WorkerId(f"w{i}"), [KEY], 1, LEASE_MS):
@@ -434,12 +440,14 @@ async def test_storage_recovers_when_its_connections_are_terminated_mid_load(
 async def test_idle_connections_terminated_are_replaced(database: PostgresDatabase) -> None:
     async with PostgresStorage(database.dsn, min_size=4, max_size=4) as storage:
         await asyncio.gather(*(storage.enqueue(new_run(i)) for i in range(8)))
-        assert await _terminate_aiki_backends(database.dsn) == 4
-        # Wait until the pool has read the server's goodbye on every connection: a call on a
-        # connection that has not yet seen it fails (the case of the mid-load test above).
         pool = storage._pool
         assert pool is not None
-        await until(lambda: pool.get_idle_size() == 0)
+        terminated = _server_pids(pool)
+        assert len(terminated) == 4
+        assert await _terminate_aiki_backends(database.dsn) == 4
+        # Wait until the pool has read the server's goodbye on every connection (it closes or
+        # replaces each): a call on one that has not seen it yet fails, as mid-load above.
+        await until(lambda: not _server_pids(pool) & terminated)
         results = await asyncio.gather(
             *(storage.get_run(RunId("0" * 26)) for _ in range(8)), return_exceptions=True
         )
