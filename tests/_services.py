@@ -147,6 +147,12 @@ def redis_url(environ: Mapping[str, str] = os.environ) -> str:
     return url
 
 
+def redis_namespace(label: str = "test") -> str:
+    """A Redis namespace of one test's own: nothing else that uses the Redis (another test
+    run, another program) hears its news, nor it theirs."""
+    return f"{label}-{secrets.token_hex(4)}"
+
+
 def _address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 6379

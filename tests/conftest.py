@@ -1,5 +1,6 @@
 """Shared fixtures: a fake clock, an embedded server on a fresh SQLite file or PostgreSQL
-database, workers, and a PostgreSQL database for the tests that need one."""
+database, workers, a PostgreSQL database and a Redis for the tests that need one, and real
+`aiki` processes with clients of them."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import aiki
 from _httpx_transport import HttpxTransport
 from _services import PostgresDatabase, RedisProcess, postgres_database, redis_url
 from aiki.testing import FakeClock
+from processes import Processes, Server, SideEffects
 
 WorkerFactory = Callable[..., Awaitable[aiki.Worker]]
+Connect = Callable[[Server | str], Awaitable[aiki.Client]]
 
 
 @pytest.fixture
@@ -31,6 +34,13 @@ def postgres_db() -> Iterator[PostgresDatabase]:
     """
     with postgres_database() as database:
         yield database
+
+
+@pytest.fixture
+async def database(postgres_db: PostgresDatabase) -> PostgresDatabase:
+    """The session's PostgreSQL database, emptied."""
+    await postgres_db.reset()
+    return postgres_db
 
 
 @pytest.fixture
@@ -98,3 +108,43 @@ async def make_worker(client: aiki.Client, clock: FakeClock) -> AsyncIterator[Wo
     yield make
     for w in started:
         await w.stop()
+
+
+@pytest.fixture
+async def browser(srv: aiki.Server) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `srv`'s ASGI app (the dashboard, the raw API), in this event loop."""
+    transport = httpx.ASGITransport(app=srv.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://aiki.test") as b:
+        yield b
+
+
+# --- real processes -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """Starts `aiki` processes in the test's folder; every one is stopped at the end."""
+    with Processes(tmp_path) as processes:
+        yield processes
+
+
+@pytest.fixture
+def effects(tmp_path: Path) -> SideEffects:
+    """The log the crash and topology workflows' tasks append to."""
+    return SideEffects(tmp_path / "effects.log")
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """`await connect(server)` (or a URL): an HTTP client of a server process, closed after."""
+    clients: list[aiki.Client] = []
+
+    async def make(server: Server | str) -> aiki.Client:
+        url = server if isinstance(server, str) else server.url
+        client = await aiki.create_client(url=url)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()

@@ -20,6 +20,14 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5
             await asyncio.sleep(0.005)
 
 
+async def until(check: Callable[[], bool], *, timeout: float = 5.0) -> None:
+    """`eventually()` for a condition this process can look at for free, such as a counter the
+    server keeps for tests (`Service.parked_polls`)."""
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
 async def state_is(handle: aiki.RunHandle[object], state: aiki.RunState) -> None:
     async def check() -> bool:
         return (await handle.get_status()).state is state

@@ -300,6 +300,12 @@ class Processes:
     def describe(self) -> str:
         return "\n".join(proc.describe() for proc in self.procs)
 
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop every process started: workers first, so none is left without its server."""
         others = [proc for proc in self.procs if proc not in self.servers]

@@ -10,6 +10,9 @@ __all__ = ["ServerSettings", "SubscriberConfig", "WorkflowRunConfig"]
 
 DEFAULT_STORAGE_URL = "sqlite:///.aiki/aiki.db"
 DEFAULT_MAX_RECOVERY_ATTEMPTS = 10
+# Leases last three of these: a dead worker's runs move on within 15 s.
+DEFAULT_HEARTBEAT_INTERVAL_MS = 4_000
+LEASE_HEARTBEATS = 3
 
 
 def _positive(owner: str, **values: int | None) -> None:
@@ -54,15 +57,21 @@ class SubscriberConfig:
 class WorkflowRunConfig:
     """How a worker holds the runs it executes.
 
+    With the defaults, a worker renews its leases every 4 s and each lasts 12 s: a run whose
+    worker died is taken by another worker within about 13 s (the lease, then at most the
+    server's one-second look for expired leases), and the dead worker stops counting as
+    alive when its last lease runs out.
+
     Attributes:
         heartbeat_interval_ms: How often the worker renews its leases.
         lease_ms: How long a lease lasts without a heartbeat; when it passes, another worker
-            may take the run. Three heartbeat intervals by default.
+            may take the run, and the worker no longer counts as alive. Three heartbeat
+            intervals by default.
         max_inline_retry_delay_ms: Task retries due within this delay wait in place on the
             worker; longer ones put the run in `waiting` and free the worker.
     """
 
-    heartbeat_interval_ms: int = 30_000
+    heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
     lease_ms: int | None = None
     max_inline_retry_delay_ms: int = 1_000
 
@@ -89,7 +98,7 @@ class WorkflowRunConfig:
     @property
     def effective_lease_ms(self) -> int:
         """The lease duration in force."""
-        return self.lease_ms or 3 * self.heartbeat_interval_ms
+        return self.lease_ms or LEASE_HEARTBEATS * self.heartbeat_interval_ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -28,13 +28,6 @@ async def client(srv: aiki.Server) -> AsyncIterator[aiki.Client]:
         yield c
 
 
-@pytest.fixture
-async def browser(srv: aiki.Server) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=srv.app)
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as b:
-        yield b
-
-
 def wf(name: str, version: str = "1", task: Any = None) -> aiki.Workflow[Any, Any]:
     @aiki.workflow(name=name, version=version)
     async def flow(workflow_run: aiki.WorkflowRun[Any]) -> Any:

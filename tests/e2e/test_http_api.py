@@ -39,6 +39,7 @@ from aiki._http.errors import ERROR_CODES, ROUTING_CODES
 from aiki.client._http import HttpApi
 from aiki.server._app import ENDPOINTS, create_app
 from aiki.testing import FakeClock
+from helpers import until
 
 BASE = "http://aiki.test"
 KEY = WorkflowKey(name="w", version="1")
@@ -543,7 +544,7 @@ async def test_wait_returns_as_soon_as_the_run_ends(srv: aiki.Server) -> None:
     async with await aiki.create_client(url=BASE, _transport=HttpxTransport(counting)) as client:
         handle = await client.enqueue(new_run(1))
         waiting = asyncio.create_task(handle.wait_for_completion(timeout=20))
-        await asyncio.sleep(0.1)  # the wait is parked on the server
+        await until(lambda: srv.service.parked_waits == 1)  # the wait is parked on the server
         assert not waiting.done()
 
         loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ from aiki._core.ids import WorkerId
 from aiki._core.models import NewRun, PollRequest, WorkflowKey
 from aiki.client._http import HttpApi
 from aiki.examples import morning_routine
-from helpers import eventually
+from helpers import eventually, until
 
 KEY = WorkflowKey(name="w", version="1")
 POLL_BODY = {
@@ -106,7 +106,7 @@ async def test_worker_disconnect_ends_its_long_poll(real_srv: aiki.Server) -> No
         async with httpx.AsyncClient(base_url=f"http://{address}") as raw:
             ghost = asyncio.create_task(raw.post("/v1/workers/poll", json=POLL_BODY))
             await watched.entered.wait()
-            await asyncio.sleep(0.05)  # let the poll park on the server
+            await until(lambda: real_srv.service.parked_polls == 1)  # it waits for work
             ghost.cancel()  # the worker process dies: its connection closes
             with contextlib.suppress(asyncio.CancelledError):
                 await ghost
@@ -115,11 +115,11 @@ async def test_worker_disconnect_ends_its_long_poll(real_srv: aiki.Server) -> No
         async with asyncio.timeout(5):
             await watched.finished.wait()
         assert loop.time() - started < 5, "the server stopped waiting for a gone worker"
+        assert real_srv.service.parked_polls == 0, "no ghost poll is left to claim new runs"
 
         async with HttpApi(address) as api:
             enqueued = await api.enqueue(NewRun(workflow="w", version="1", payload_json="1"))
             run = await api.get_status(enqueued.id)
-            await asyncio.sleep(0.1)  # a ghost poll, were one left, would claim it now
             assert (await api.get_status(run.id)).state is aiki.RunState.PENDING
             request = PollRequest(
                 worker_id=WorkerId("alive"),

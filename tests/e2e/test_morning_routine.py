@@ -1,4 +1,4 @@
-"""The concept document's examples, end to end on an embedded server and SQLite."""
+"""The example workflows (`aiki.examples`), end to end on an embedded server and SQLite."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import aiki
 from aiki._core.clock import SystemClock
 from aiki._core.models import Lease, RunOutcome
 from aiki._core.states import RunState
+from aiki.server._timers import _IDLE_MS
 from aiki.testing import FakeClock, kill_worker
 from conftest import WorkerFactory
 from helpers import Calls, eventually, state_is
@@ -68,6 +69,39 @@ async def test_crashed_worker_run_is_finished_by_another(
     assert len(expired) == 1 and expired[0].data["worker_id"] == "first"
     claims = [e.data["worker_id"] for e in history if e.kind.value == "run_claimed"]
     assert claims == ["first", "second"]
+
+
+async def test_with_the_defaults_a_crashed_worker_is_replaced_within_15_s(
+    client: aiki.Client, make_worker: WorkerFactory, clock: FakeClock
+) -> None:
+    """No `workflow_run=`: the default lease. The dead worker also stops counting as alive."""
+    calls, started, release = Calls(), asyncio.Event(), asyncio.Event()
+    order = two_step_workflow(calls, started, release)
+    first = await make_worker(order, id="first")
+    handle = await order.enqueue(client)
+    await started.wait()
+
+    await kill_worker(first)
+    started.clear()
+    await make_worker(order, id="second")
+    assert {w.id: w.alive for w in await client.api.list_workers()} == {
+        "first": True,
+        "second": True,
+    }
+    # The server looks for expired leases at least once a second: a lease that has run out 14 s
+    # after the crash is noticed by 15 s.
+    assert _IDLE_MS <= 1_000
+    await clock.advance(14_000)
+    async with asyncio.timeout(5):
+        await started.wait()  # `ship` again, on the second worker
+    release.set()
+    assert await handle.wait_for_completion(timeout=10) == ["charged", "shipped"]
+
+    async def only_second_alive() -> bool:
+        alive = {w.id: w.alive for w in await client.api.list_workers()}
+        return alive == {"first": False, "second": True}
+
+    await eventually(only_second_alive)  # the second's heartbeat at 14 s lands meanwhile
 
 
 async def test_heartbeats_keep_the_lease(

@@ -4,7 +4,6 @@ never started over on replay. Time only moves when a test advances the fake cloc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -578,13 +577,6 @@ async def test_bad_arguments_fail_the_run_before_anything_is_recorded(
 
 
 # --- what people see ------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def browser(srv: aiki.Server) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=srv.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://aiki.test") as b:
-        yield b
 
 
 async def test_dashboard_shows_the_sleep_as_a_sleep(

@@ -25,11 +25,9 @@ MORNING_RESULT = {"alarm_result": "Wake up!", "stretch_result": 300}
 
 @pytest.fixture(scope="module")
 def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    processes = Processes(tmp_path_factory.mktemp("cli"))
-    try:
+    """Module-wide (overrides conftest's): one server and worker serve the whole module."""
+    with Processes(tmp_path_factory.mktemp("cli")) as processes:
         yield processes
-    finally:
-        processes.close()
 
 
 @pytest.fixture(scope="module")

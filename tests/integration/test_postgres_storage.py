@@ -33,17 +33,12 @@ from aiki._core.serde import dumps
 from aiki._core.states import RunState
 from aiki.errors import IdempotencyConflictError, LeaseLostError, StorageError
 from aiki.storage.postgres import PostgresStorage
+from helpers import until
 
 pytestmark = pytest.mark.postgres
 
 KEY = WorkflowKey(name="greet", version="1")
 LEASE_MS = 60_000
-
-
-@pytest.fixture
-async def database(postgres_db: PostgresDatabase) -> PostgresDatabase:
-    await postgres_db.reset()
-    return postgres_db
 
 
 @pytest.fixture
@@ -371,6 +366,12 @@ async def _terminate_aiki_backends(dsn: str) -> int:
     return terminated
 
 
+def _server_pids(pool: asyncpg.Pool[asyncpg.Record]) -> set[int]:
+    """The server processes of the pool's open connections (asyncpg keeps them in holders)."""
+    connections = [getattr(holder, "_con", None) for holder in getattr(pool, "_holders", ())]
+    return {c.get_server_pid() for c in connections if c is not None and not c.is_closed()}
+
+
 async def _one_workflow(storage: PostgresStorage, i: int) -> None:
     await storage.enqueue(new_run(i))
     for claimed in await storage.claim(WorkerId(f"w{i}"), [KEY], 1, LEASE_MS):
@@ -397,24 +398,35 @@ async def test_storage_recovers_when_its_connections_are_terminated_mid_load(
     async with PostgresStorage(database.dsn, min_size=4, max_size=8) as storage:
         failures: list[BaseException] = []
         stop = asyncio.Event()
+        completed = 0  # workflows done by all loaders
+        progressed = asyncio.Event()
 
         async def load(n: int) -> int:
+            nonlocal completed
             done = 0
             while not stop.is_set():
                 try:
                     await _one_workflow(storage, n * 10_000 + done)
                     done += 1
+                    completed += 1
+                    progressed.set()
                 except StorageError as exc:  # anything else fails the test
                     failures.append(exc)
             return done
 
+        async def more_completed(count: int) -> None:
+            target = completed + count
+            while completed < target:
+                progressed.clear()
+                await progressed.wait()
+
         async with asyncio.timeout(30):  # a call that hangs fails the test here
             loaders = [asyncio.create_task(load(n)) for n in range(8)]
-            await asyncio.sleep(0.3)
+            await more_completed(16)  # under load: every connection busy
             terminated = await _terminate_aiki_backends(database.dsn)
-            await asyncio.sleep(0.3)
+            await more_completed(16)  # on new connections
             terminated += await _terminate_aiki_backends(database.dsn)
-            await asyncio.sleep(0.3)
+            await more_completed(16)
             stop.set()
             done = await asyncio.gather(*loaders)
 
@@ -430,8 +442,14 @@ async def test_storage_recovers_when_its_connections_are_terminated_mid_load(
 async def test_idle_connections_terminated_are_replaced(database: PostgresDatabase) -> None:
     async with PostgresStorage(database.dsn, min_size=4, max_size=4) as storage:
         await asyncio.gather(*(storage.enqueue(new_run(i)) for i in range(8)))
+        pool = storage._pool
+        assert pool is not None
+        terminated = _server_pids(pool)
+        assert len(terminated) == 4
         assert await _terminate_aiki_backends(database.dsn) == 4
-        await asyncio.sleep(0.1)  # the pool's connections read the server's goodbye
+        # Wait until the pool has read the server's goodbye on every connection (it closes or
+        # replaces each): a call on one that has not seen it yet fails, as mid-load above.
+        await until(lambda: not _server_pids(pool) & terminated)
         results = await asyncio.gather(
             *(storage.get_run(RunId("0" * 26)) for _ in range(8)), return_exceptions=True
         )

@@ -11,7 +11,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +21,6 @@ from aiki._core.models import NewRun
 from processes import Proc, Processes, Server, SideEffects
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-@pytest.fixture
-def effects(tmp_path: Path) -> SideEffects:
-    return SideEffects(tmp_path / "effects.log")
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Any]:
-    """`await connect(server)`: a client of a server process, closed at the end of the test."""
-    clients: list[aiki.Client] = []
-
-    async def make(url: str) -> aiki.Client:
-        client = await aiki.create_client(url=url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 async def enqueue(

@@ -3,23 +3,27 @@
 Each queue here is what one server process would hold. News announced by one must reach the
 others, never come back to its sender, and survive the service being cut off: after it is
 back, every server is told it may have missed news.
+
+Each test has Redis namespaces of its own, so other users of the same Redis (another test run,
+another program) neither disturb it nor are disturbed; and a test announces only once the
+servers have found each other (`found_each_other`), never after a guessed pause.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 
-from _services import PostgresDatabase, RedisProcess
+from _services import PostgresDatabase, RedisProcess, redis_namespace
 from aiki._core.ids import RunId
 from aiki._core.models import WorkflowKey
 from aiki.queue import Announcement, open_queue
-from aiki.queue._broadcast import Broadcast
+from aiki.queue._broadcast import Broadcast, hello_message
+from helpers import until
 
 KEY = WorkflowKey(name="morning", version="1")
 WAIT_S = 10.0
@@ -70,8 +74,21 @@ async def listening(
         await queue.close()
 
 
-def redis_queue_url(redis_url: str, namespace: str | None = None) -> str:
-    return f"{redis_url}?namespace={namespace or 'test-' + secrets.token_hex(4)}"
+def redis_queue_url(redis_url: str, label: str = "test") -> str:
+    """A queue URL of `redis_url` with a namespace of this test's own."""
+    return f"{redis_url}?namespace={redis_namespace(label)}"
+
+
+async def found_each_other(*queues: Broadcast) -> None:
+    """Wait until each queue but the last, opened in this order, has heard a later one.
+
+    A server that said hello when nobody else listened holds its news back until it hears
+    another server; each newcomer's hello reaches those already listening. The last one found
+    the others listening when it said hello.
+    """
+    async with asyncio.timeout(WAIT_S):
+        for queue in queues[:-1]:
+            await queue.heard_others.wait()
 
 
 @pytest.fixture(
@@ -95,8 +112,9 @@ async def test_news_reaches_the_other_servers_and_not_its_sender(
     async with (
         listening(url, storage_url) as (a, inbox_a),
         listening(url, storage_url) as (b, inbox_b),
-        listening(url, storage_url) as (_, inbox_c),
+        listening(url, storage_url) as (c, inbox_c),
     ):
+        await found_each_other(a, b, c)
         news = Announcement(ready=frozenset({KEY}), ended=frozenset({RunId("run-1")}))
         a.announce(news)
         assert await inbox_b.next() == news
@@ -112,10 +130,12 @@ async def test_two_installations_sharing_one_redis_do_not_hear_each_other(redis:
     shop, bank = redis_queue_url(redis, "shop"), redis_queue_url(redis, "bank")
     async with (
         listening(shop) as (shop_1, _),
-        listening(shop) as (_, shop_2_inbox),
+        listening(shop) as (shop_2, shop_2_inbox),
         listening(bank) as (bank_1, _),
-        listening(bank) as (_, bank_2_inbox),
+        listening(bank) as (bank_2, bank_2_inbox),
     ):
+        await found_each_other(shop_1, shop_2)
+        await found_each_other(bank_1, bank_2)
         shop_news = Announcement(ready=frozenset({KEY}))
         shop_1.announce(shop_news)
         assert await shop_2_inbox.next() == shop_news
@@ -129,7 +149,8 @@ async def test_many_announcements_in_a_burst_are_merged(
     queue_urls: tuple[str | None, str | None],
 ) -> None:
     url, storage_url = queue_urls
-    async with listening(url, storage_url) as (a, _), listening(url, storage_url) as (_, inbox):
+    async with listening(url, storage_url) as (a, _), listening(url, storage_url) as (b, inbox):
+        await found_each_other(a, b)
         runs = [RunId(f"run-{i}") for i in range(300)]
         for run_id in runs:  # in one go: no message is sent until the loop yields
             a.announce(Announcement(ended=frozenset({run_id})))
@@ -185,25 +206,32 @@ async def test_a_server_alone_on_its_channel_sends_nothing_until_another_says_he
     redis: str,
 ) -> None:
     url = redis_queue_url(redis)
-    async with listening(url) as (alone, _):
-        published: list[str] = []
-        publish = alone._publish
+    alone = open_queue(url, storage_url=None)
+    assert isinstance(alone, Broadcast)
+    published: list[str] = []
+    publish = alone._publish
 
-        async def counting(message: str) -> int | None:
-            published.append(message)
-            return await publish(message)
+    async def counting(message: str) -> int | None:
+        published.append(message)
+        return await publish(message)
 
-        alone._publish = counting  # type: ignore[method-assign]
+    alone._publish = counting  # type: ignore[method-assign]
+    await alone.open(Inbox().deliver)
+    try:
+        # Its hello is heard by nobody but itself: from now on it believes it is alone.
+        await until(lambda: len(published) == 1, timeout=WAIT_S)
+        assert published == [hello_message(alone._sender)]
         for i in range(3):
             alone.announce(Announcement(ended=frozenset({RunId(f"run-{i}")})))
-            await asyncio.sleep(0.02)  # each in a send of its own (sends start 5 ms apart)
-        assert published == [], "its hello found nobody else listening: no news was sent"
+            # Each announcement taken by the send loop on its own, not merged with the next.
+            await until(lambda: not alone._pending, timeout=WAIT_S)
+        assert len(published) == 1, "no news was sent while it was alone"
 
         async with listening(url) as (_, newcomer_inbox):
             # The newcomer's hello reaches the first server, which speaks again at once.
+            await asyncio.wait_for(alone.heard_others.wait(), WAIT_S)
             news = Announcement(ended=frozenset({RunId("for-the-newcomer")}))
-            async with asyncio.timeout(WAIT_S):
-                while not newcomer_inbox.news:
-                    alone.announce(news)
-                    await asyncio.sleep(0.01)
-            assert newcomer_inbox.news[0] == news
+            alone.announce(news)
+            assert await newcomer_inbox.next() == news
+    finally:
+        await alone.close()

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -28,7 +26,7 @@ import pytest
 import redis.asyncio
 
 import aiki
-from _services import PostgresDatabase, RedisProcess
+from _services import PostgresDatabase, RedisProcess, redis_namespace
 from aiki._core.ids import RunId
 from aiki._core.models import HistoryEvent, NewRun, RunStatus
 from aiki.queue._keys import events_channel
@@ -44,47 +42,6 @@ ENQUEUE_CONCURRENCY = 16
 CHECK_EVERY_S = 0.1  # how often a wait on hundreds of runs looks again
 ALL_DONE_S = 30.0  # the longest any batch of runs here may take to complete
 OUTAGE_S = 10.0  # how long Redis stays down
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.close()
-
-
-@pytest.fixture
-def effects(tmp_path: Path) -> SideEffects:
-    return SideEffects(tmp_path / "effects.log")
-
-
-@pytest.fixture
-async def database(postgres_db: PostgresDatabase) -> PostgresDatabase:
-    """The session's database, emptied."""
-    await postgres_db.reset()
-    return postgres_db
-
-
-@pytest.fixture
-async def connect() -> AsyncIterator[Callable[[Server], Awaitable[aiki.Client]]]:
-    """`await connect(server)`: an HTTP client of a server process, closed after the test."""
-    clients: list[aiki.Client] = []
-
-    async def make(server: Server) -> aiki.Client:
-        client = await aiki.create_client(url=server.url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.aclose()
-
-
-def new_namespace() -> str:
-    """A Redis namespace of one test's own, so nothing else hears its servers' news."""
-    return f"test-{secrets.token_hex(4)}"
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -354,7 +311,7 @@ async def test_500_runs_survive_a_killed_worker_and_a_killed_server(
     redis: str,
     connect: Callable[[Server], Awaitable[aiki.Client]],
 ) -> None:
-    queue = f"{redis}?namespace={new_namespace()}"
+    queue = f"{redis}?namespace={redis_namespace()}"
     a, b = start_servers(procs, database, ["server-a", "server-b"], queue=queue)
     w1, w2, w3 = start_workers(procs, [("w1", a), ("w2", a), ("w3", b)])
     for worker in (w1, w2, w3):
@@ -392,7 +349,7 @@ async def test_200_runs_survive_10_s_without_redis(
     redis_process: RedisProcess,
     connect: Callable[[Server], Awaitable[aiki.Client]],
 ) -> None:
-    namespace = new_namespace()
+    namespace = redis_namespace()
     queue = f"{redis_process.url}?namespace={namespace}"
     a, b = start_servers(procs, database, ["server-a", "server-b"], queue=queue)
     wa, wb = start_workers(procs, [("wa", a), ("wb", b)])

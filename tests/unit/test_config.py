@@ -45,7 +45,8 @@ def test_settings_are_frozen() -> None:
 
 
 def test_lease_defaults_to_three_heartbeats() -> None:
-    assert WorkflowRunConfig().effective_lease_ms == 90_000
+    assert WorkflowRunConfig().heartbeat_interval_ms == 4_000
+    assert WorkflowRunConfig().effective_lease_ms == 12_000
     assert WorkflowRunConfig(heartbeat_interval_ms=1_000).effective_lease_ms == 3_000
 
 
@@ -76,7 +77,7 @@ def test_lease_must_be_longer_than_the_heartbeat(lease_ms: int) -> None:
 
 def test_lease_check_uses_the_default_heartbeat() -> None:
     with pytest.raises(ValueError, match="must be longer than heartbeat_interval_ms"):
-        WorkflowRunConfig(lease_ms=30_000)
+        WorkflowRunConfig(lease_ms=4_000)
 
 
 def test_non_int_heartbeat_is_refused() -> None:

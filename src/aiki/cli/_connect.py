@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import click
 
@@ -27,9 +27,24 @@ def run_with_client(
         ) as client:
             return await action(client)
 
+    return run_command(main(), server_url=server_url)
+
+
+def run_command(main: Coroutine[Any, Any, T], *, server_url: str | None = None) -> T:
+    """`asyncio.run(main)`; an Aiki error ends the command with its one-line message.
+
+    A person reads it: the cause (a storage URL Aiki has no backend for, a database that does
+    not exist, a wrong API key) says more than a traceback would. `server_url` names the server
+    the command talks to, if any.
+    """
     try:
-        return asyncio.run(main())
+        return asyncio.run(main)
     except aiki.ServerUnavailableError as exc:
         raise click.ClickException(f"cannot reach the Aiki server at {server_url}: {exc}") from exc
+    except aiki.UnauthorizedError as exc:
+        raise click.ClickException(
+            f"the Aiki server at {server_url} refused the request: {exc}; "
+            "pass the server's key with --api-key or AIKI_API_KEY"
+        ) from exc
     except aiki.AikiError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -13,7 +13,8 @@ import aiki
 from aiki import examples
 from aiki._core.models import sleep_name
 from aiki._core.states import RunState
-from aiki.cli._http import HttpServer, stop_event_on_signals
+from aiki.cli._connect import run_command
+from aiki.cli._http import HttpServer, listen, stop_event_on_signals
 from aiki.cli._options import storage_option
 from aiki.cli._output import timeline
 
@@ -36,48 +37,56 @@ from aiki.cli._output import timeline
 def dev(storage: str, host: str, port: int, exit_when_done: bool) -> None:
     """Run Aiki in one process: storage, HTTP server and a worker with the example workflows.
 
-    The example runs (the concept document's morning routine, v1 and v2 with a durable sleep,
-    and user onboarding v1 and v2) are enqueued at start and their results and timelines printed.
+    The example runs (the morning routine, v1 and v2 with a durable sleep, and user
+    onboarding v1 and v2) are enqueued at start and their results and timelines printed.
     """
-    asyncio.run(_dev(storage, host, port, exit_when_done))
+    run_command(_dev(storage, host, port, exit_when_done))
 
 
 async def _dev(storage: str, host: str, port: int, exit_when_done: bool) -> None:
     stop = stop_event_on_signals()
-    async with aiki.server(storage) as srv:
-        http = HttpServer(srv.app, host, port)
-        url = await http.start()
-        client = await aiki.create_client(server=srv)
-        worker = await aiki.worker(client, id="dev-worker")
-        for workflow in examples.registry():
-            worker.registry.add(workflow)
-        async with worker:
-            click.echo(f"Aiki dev: HTTP API on {url} (OpenAPI at {url}/openapi.json)")
-            click.echo(f"dashboard: {url}/dashboard/")
-            click.echo(f"storage {storage}; worker {worker.id!r} serving:")
-            for key in worker.registry.keys:
-                click.echo(f"  - {key}")
-            handles: list[aiki.RunHandle[Any]] = [
-                await examples.morning_routine.enqueue(client, payload={"user_id": "123"}),
-                # With a durable two-second coffee break between its tasks.
-                await examples.morning_routine_v2.enqueue(client, payload={"user_id": "123"}),
-                await examples.user_onboarding_v1.enqueue(client, payload={"user_id": "u-1"}),
-                await examples.user_onboarding_v2.enqueue(client, payload={"user_id": "u-2"}),
-            ]
-            for handle in handles:
-                await _show(handle)
-            if not exit_when_done:
-                click.echo(
-                    "\nServing; press Ctrl-C to stop. From another terminal, try:\n"
-                    f"  uv run aiki runs enqueue morning-routine 1.0.0 --payload '{{}}' --wait"
-                    f" --server {url}\n"
-                    f"  uv run aiki runs list --server {url}\n"
-                    f"  uv run aiki workflows list --server {url}"
-                )
-                await stop.wait()
-                click.echo("Stopping: running work gets the grace period, the rest is handed back.")
-        srv.service.begin_shutdown()
-        await http.stop()
+    with listen(host, port) as sock:
+        async with aiki.server(storage) as srv:
+            http = HttpServer(srv.app, sock)
+            url = await http.start()
+            await _run_examples(srv, url, storage, None if exit_when_done else stop)
+            srv.service.begin_shutdown()
+            await http.stop()
+
+
+async def _run_examples(
+    srv: aiki.Server, url: str, storage: str, serve_until: asyncio.Event | None
+) -> None:
+    """A worker with the examples; one run of each, shown; then serve until `serve_until`."""
+    client = await aiki.create_client(server=srv)
+    worker = await aiki.worker(client, id="dev-worker")
+    for workflow in examples.registry():
+        worker.registry.add(workflow)
+    async with worker:
+        click.echo(f"Aiki dev: HTTP API on {url} (OpenAPI at {url}/openapi.json)")
+        click.echo(f"dashboard: {url}/dashboard/")
+        click.echo(f"storage {storage}; worker {worker.id!r} serving:")
+        for key in worker.registry.keys:
+            click.echo(f"  - {key}")
+        handles: list[aiki.RunHandle[Any]] = [
+            await examples.morning_routine.enqueue(client, payload={"user_id": "123"}),
+            # With a durable two-second coffee break between its tasks.
+            await examples.morning_routine_v2.enqueue(client, payload={"user_id": "123"}),
+            await examples.user_onboarding_v1.enqueue(client, payload={"user_id": "u-1"}),
+            await examples.user_onboarding_v2.enqueue(client, payload={"user_id": "u-2"}),
+        ]
+        for handle in handles:
+            await _show(handle)
+        if serve_until is not None:
+            click.echo(
+                "\nServing; press Ctrl-C to stop. From another terminal, try:\n"
+                f"  uv run aiki runs enqueue morning-routine 1.0.0 --payload '{{}}' --wait"
+                f" --server {url}\n"
+                f"  uv run aiki runs list --server {url}\n"
+                f"  uv run aiki workflows list --server {url}"
+            )
+            await serve_until.wait()
+            click.echo("Stopping: running work gets the grace period, the rest is handed back.")
 
 
 async def _show(handle: aiki.RunHandle[Any]) -> None:

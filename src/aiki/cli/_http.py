@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
+import socket
 from collections.abc import Generator
 
+import click
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -18,10 +21,38 @@ class _Http(uvicorn.Server):
         yield
 
 
-class HttpServer:
-    """uvicorn on `host:port`, started and stopped by the caller."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host:port` (0: a free port), for `HttpServer`.
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+    Bound before storage is opened, so a port already taken fails the command at once.
+
+    Raises:
+        click.ClickException: the address cannot be bound, e.g. the port is in use.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port}: the port is already in use (another Aiki "
+                "server?); stop that program or choose another port with --port"
+            ) from None
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    return sock
+
+
+class HttpServer:
+    """uvicorn on a listening socket (see `listen`), started and stopped by the caller."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
+        host, port = sock.getsockname()[:2]
         config = uvicorn.Config(
             app,
             host=host,
@@ -34,16 +65,19 @@ class HttpServer:
             timeout_keep_alive=75,
         )
         self._server = _Http(config)
+        self._socket = sock
         self._task: asyncio.Task[None] | None = None
         self.host = host
 
     async def start(self) -> str:
         """Start listening; returns the base URL (with the real port when 0 was asked)."""
-        self._task = asyncio.create_task(self._server.serve(), name="aiki http")
+        self._task = asyncio.create_task(
+            self._server.serve(sockets=[self._socket]), name="aiki http"
+        )
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.01)  # uvicorn offers no event for "listening"
         if self._task.done():
-            await self._task  # it could not start (port taken): raise why
+            await self._task  # it could not start: raise why
             raise OSError(f"could not listen on {self.host}")
         port = self._server.servers[0].sockets[0].getsockname()[1]
         return f"http://{self.host}:{port}"

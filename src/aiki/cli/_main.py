@@ -8,6 +8,7 @@ from aiki.cli._dev import dev
 from aiki.cli._runs import runs_group, workflows_group
 from aiki.cli._serve import migrate_command, server_command
 from aiki.cli._worker import worker_command
+from aiki.cli._workers import workers_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +17,15 @@ def cli() -> None:
     """Aiki: durable workflows as plain async Python."""
 
 
-for command in (dev, server_command, worker_command, migrate_command, runs_group, workflows_group):
+for command in (
+    dev,
+    server_command,
+    worker_command,
+    migrate_command,
+    runs_group,
+    workflows_group,
+    workers_command,
+):
     cli.add_command(command)
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 import aiki
-from aiki.cli._http import HttpServer, stop_event_on_signals
+from aiki.cli._connect import run_command
+from aiki.cli._http import HttpServer, listen, stop_event_on_signals
 from aiki.cli._options import api_key_option, storage_option
 
 
@@ -52,7 +51,7 @@ def server_command(
 
     Several servers may share one PostgreSQL database. Stops gracefully on SIGINT or SIGTERM.
     """
-    asyncio.run(serve(storage, host, port, api_key, queue=queue, notify=notify))
+    run_command(serve(storage, host, port, api_key, queue=queue, notify=notify))
 
 
 async def serve(
@@ -66,16 +65,17 @@ async def serve(
 ) -> None:
     """Run an Aiki server on `host:port` until SIGINT or SIGTERM."""
     stop = stop_event_on_signals()
-    async with aiki.server(storage, api_key=api_key, queue=queue, notify=notify) as srv:
-        http = HttpServer(srv.app, host, port)
-        url = await http.start()
-        click.echo(
-            f"Aiki server listening on {url} (storage {storage}, queue {srv.queue.description})"
-        )
-        await stop.wait()
-        click.echo("Aiki server stopping")
-        srv.service.begin_shutdown()  # long-polls answer now instead of holding up the exit
-        await http.stop()
+    with listen(host, port) as sock:
+        async with aiki.server(storage, api_key=api_key, queue=queue, notify=notify) as srv:
+            http = HttpServer(srv.app, sock)
+            url = await http.start()
+            click.echo(
+                f"Aiki server listening on {url} (storage {storage}, queue {srv.queue.description})"
+            )
+            await stop.wait()
+            click.echo("Aiki server stopping")
+            srv.service.begin_shutdown()  # long-polls answer now instead of holding up the exit
+            await http.stop()
 
 
 @click.command("migrate")
@@ -87,5 +87,5 @@ def migrate_command(storage: str) -> None:
         async with aiki.server(storage):
             pass
 
-    asyncio.run(main())
+    run_command(main())
     click.echo(f"storage {storage} is up to date")

@@ -12,10 +12,12 @@ from typing import Any
 import click
 
 import aiki
+from aiki.cli._connect import run_command
 from aiki.cli._options import api_key_option, server_url_option
 
 _RETRY_START_MS = (100, 30_000)
 _SUBSCRIBER = aiki.SubscriberConfig()  # the defaults
+_RUN = aiki.WorkflowRunConfig()
 
 
 def load_registry(spec: str) -> aiki.Registry:
@@ -86,11 +88,12 @@ def _registry_of(target: object, spec: str) -> aiki.Registry:
 )
 @click.option(
     "--heartbeat-ms",
-    default=30_000,
+    default=_RUN.heartbeat_interval_ms,
     show_default=True,
     type=click.IntRange(min=1),
     envvar="AIKI_HEARTBEAT_MS",
-    help="Heartbeat interval; leases last three of them [env: AIKI_HEARTBEAT_MS].",
+    help="Heartbeat interval; leases last three of them, and a worker silent for a lease "
+    "counts as gone [env: AIKI_HEARTBEAT_MS].",
 )
 @click.option(
     "--grace-ms",
@@ -151,7 +154,7 @@ def worker_command(
         ),
         "graceful_shutdown_timeout_ms": grace_ms,
     }
-    asyncio.run(_run(registry, server_url, api_key, options))
+    run_command(_run(registry, server_url, api_key, options), server_url=server_url)
 
 
 async def _run(

@@ -7,6 +7,7 @@ put other transports behind the same seam (an in-process ASGI app, injected fail
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -69,10 +70,16 @@ class HttpTransport(Protocol):
 
 
 class AiohttpTransport:
-    """One pooled aiohttp session."""
+    """One pooled aiohttp session, closed by `aclose()` or, at the latest, with its event loop.
+
+    A program that never closes its client (it exits, or forgets) must not print aiohttp's
+    "Unclosed client session" warnings: a task of the transport's own holds the session and
+    closes it when cancelled, which `asyncio.run()` does to every task left as it returns.
+    """
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._keeper: asyncio.Task[None] | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use: a session belongs to the event loop it was made in.
@@ -82,7 +89,9 @@ class AiohttpTransport:
                 limit=1000,
                 keepalive_timeout=KEEPALIVE_S,
             )
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+            self._session = session
+            self._keeper = asyncio.create_task(_keep(session), name="aiki client session")
         return self._session
 
     async def request(
@@ -120,9 +129,18 @@ class AiohttpTransport:
             raise RequestFailedError(_describe(exc)) from exc
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        keeper, self._keeper, self._session = self._keeper, None, None
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.wait([keeper])  # it closes the session on its way out
+
+
+async def _keep(session: aiohttp.ClientSession) -> None:
+    """Hold `session` until cancelled (by `aclose()`, or by the loop shutting down); close it."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await session.close()
 
 
 def _describe(exc: BaseException) -> str:

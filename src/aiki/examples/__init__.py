@@ -1,4 +1,4 @@
-"""Example workflows from the concept document, used by `aiki dev` and the tests."""
+"""Example workflows (a morning routine, user onboarding), used by `aiki dev` and the tests."""
 
 from aiki.examples.morning import morning_routine, morning_routine_v2, ring_alarm, stretch
 from aiki.examples.onboarding import (

@@ -1,4 +1,4 @@
-"""The concept document's morning routine: two tasks, one after the other.
+"""The morning routine: two tasks, one after the other.
 
 Version 2.0.0 takes a coffee break between them: a durable sleep, recorded so that a crash or
 restart mid-coffee does not start it over.

@@ -1,4 +1,4 @@
-"""The concept document's user onboarding, in two versions that run side by side."""
+"""User onboarding, in two versions that run side by side."""
 
 from __future__ import annotations
 

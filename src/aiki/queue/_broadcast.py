@@ -51,6 +51,9 @@ class Broadcast(abc.ABC):
         self._tasks: list[asyncio.Task[None]] = []
         self._out_of_reach = False  # logged once per outage, not once per message
         self.listening = asyncio.Event()  # set while subscribed: news sent now is heard here
+        # Set when another server's message is heard (since the last connect): from then on
+        # this server knows it is not alone, and sends its news.
+        self.heard_others = asyncio.Event()
         self._closing = False
 
     # --- what each service does ---------------------------------------------------------
@@ -149,6 +152,7 @@ class Broadcast(abc.ABC):
             connects += 1
             self.listening.set()
             self._alone_until = 0.0  # who listens now is anyone's guess
+            self.heard_others.clear()
             self._hello_due = True
             if self._has_pending is not None:
                 self._has_pending.set()
@@ -179,6 +183,7 @@ class Broadcast(abc.ABC):
             return
         if sender != self._sender:
             self._alone_until = 0.0  # another server is here
+            self.heard_others.set()
             if news:
                 self._receive(news)
 

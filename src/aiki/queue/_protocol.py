@@ -1,8 +1,8 @@
 """What servers tell each other, and the `Queue` protocol that carries it.
 
-The claim in storage is the only authority over who runs what (DESIGN.md §2). A queue only
-carries news between server processes, so that a long-poll on one server learns at once of a
-run made ready, ended or cancelled on another. News may be lost, repeated or late: a lost item
+The claim in storage is the only authority over who runs what. A queue only carries news
+between server processes, so that a long-poll on one server learns at once of a run made
+ready, ended or cancelled on another. News may be lost, repeated or late: a lost item
 delays a worker until its next recheck of storage, a repeated one costs an empty claim.
 """
 

@@ -39,7 +39,7 @@ class RunExecution(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Params(Generic[P]):
-    """The run's input, as the concept document names it (`workflow_run.params.payload`)."""
+    """The run's input, also reachable as `workflow_run.params.payload`."""
 
     payload: P
 

@@ -91,6 +91,20 @@ class Service:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = Signal()  # long-polls return at once when the server shuts down
         self._closed = False
+        # Long-polls waiting for news right now: tests wait on these instead of guessing how
+        # long a request takes to reach its wait.
+        self._parked_polls = 0
+        self._parked_waits = 0
+
+    @property
+    def parked_polls(self) -> int:
+        """Worker polls waiting on this server for work or a cancel request, now."""
+        return self._parked_polls
+
+    @property
+    def parked_waits(self) -> int:
+        """Waits for a run's end (`RunHandle.wait_for_completion`) parked here, now."""
+        return self._parked_waits
 
     # --- applications -------------------------------------------------------------------
 
@@ -173,7 +187,13 @@ class Service:
                 remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
                 if remaining <= 0 or self._closed:
                     return status
-                await wait_any([ticket, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S))
+                self._parked_waits += 1
+                try:
+                    await wait_any(
+                        [ticket, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S)
+                    )
+                finally:
+                    self._parked_waits -= 1
                 final = self._final.get(run_id)
                 if final is not None:
                     return final
@@ -240,7 +260,11 @@ class Service:
                 if claimed or cancels or remaining <= 0 or self._closed:
                     return PollReply(claimed=tuple(claimed), cancel_requested=cancels)
                 tickets.append(self._closing.ticket())
-                await wait_any(tickets, min(remaining, request.recheck_ms / 1000))
+                self._parked_polls += 1
+                try:
+                    await wait_any(tickets, min(remaining, request.recheck_ms / 1000))
+                finally:
+                    self._parked_polls -= 1
             finally:
                 self._worker_notices.release(worker)
                 for key in ready_keys:

@@ -43,7 +43,9 @@ def open_storage(url: str, *, clock: Clock | None = None) -> Storage:
         return _postgres(url, clock)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
-        f"storage URL {url!r}: unknown scheme {scheme!r} (expected sqlite:///path/to/file.db or postgresql://host/database)"
+        f"storage URL {url!r}: unknown scheme {scheme!r}; the schemes supported are "
+        "sqlite:// (sqlite:///path/to/file.db) and postgresql:// or postgres:// "
+        "(postgresql://user@host:5432/database)"
     )
 
 

@@ -39,6 +39,7 @@ from aiki._core.models import (
 from aiki._core.states import RunState
 from aiki.errors import ConfigError, StorageError
 from aiki.storage import _postgres_ops as ops
+from aiki.storage._postgres_errors import cannot_connect
 from aiki.storage._postgres_schema import migrate
 from aiki.storage._sql_files import load_migrations
 
@@ -196,7 +197,9 @@ class PostgresStorage:
                     reset=_keep_session,
                 )
             except _DRIVER_ERRORS as exc:
-                raise StorageError(f"{self!r}: cannot connect: {exc}") from exc
+                raise StorageError(
+                    f"{self!r}: cannot connect: {cannot_connect(self._dsn, exc)}"
+                ) from exc
             try:
                 async with pool.acquire() as conn:
                     await migrate(conn, load_migrations("postgres"))
