@@ -1,9 +1,12 @@
-"""Named fragments in queries.sql."""
+"""Named fragments in queries.sql, and the run columns each dialect lists once."""
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 import pytest
 
+from aiki.storage._records import RUN_COLUMNS
 from aiki.storage._sql_files import parse_queries
 
 
@@ -27,3 +30,9 @@ SELECT {t.cols}, {u.cols AS u_*} FROM t JOIN u ON true;
     with pytest.raises(ValueError, match="plain column list"):
         parse_queries("-- fragment: f\ncount(*)\n-- name: a\nSELECT {t.f};\n")
 
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+def test_each_dialect_lists_the_run_columns_run_from_row_reads(dialect: str) -> None:
+    text = files("aiki.storage").joinpath("sql", dialect, "queries.sql").read_text("utf-8")
+    probe = parse_queries(f"{text}\n-- name: probe\n{{run_columns}}\n")["probe"]
+    assert tuple(column.strip() for column in probe.split(",")) == RUN_COLUMNS
