@@ -30,7 +30,7 @@ class WriteBatcher:
     """Runs concurrent writes of one kind together: one statement and one commit for many.
 
     A write is a row of values; the statement takes each column as an array, one element per
-    write, and returns a row (whose first column is the write's position, from 1) for each
+    write, and returns a row (whose column `n` is the write's position, from 1) for each
     write it reports on. A write is sent at once while fewer than `max_flushes` statements of
     its kind are in flight (from its caller's task, when nothing else waits); otherwise it goes
     with the next, together with every write queued meanwhile (up to `max_batch`). Alone, a
@@ -157,4 +157,4 @@ class WriteBatcher:
             for column, name in enumerate(self._columns)
         }
         rows = await db.fetch(self._query.sql, *self._query.args(params))
-        return {row[0]: row for row in rows}
+        return {row["n"]: row for row in rows}

@@ -1,20 +1,22 @@
 """What the SQL backends share: rows to records, and the history events' data, built once.
 
-Both dialects store the same columns and the same JSON, so reading a row and writing an event's
-data is the same Python for SQLite and PostgreSQL; only the statements differ.
+Both dialects store the same columns under the same names and the same JSON, so reading a row
+(by column name) and writing an event's data is the same Python for SQLite and PostgreSQL; only
+the statements differ. The decisions both make are in `_rules`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from aiki._core.ids import RunId, WorkerId
 from aiki._core.models import (
     EventKind,
     HistoryEvent,
-    Lease,
     RunStatus,
     TaskAddress,
     TaskEnd,
@@ -22,12 +24,11 @@ from aiki._core.models import (
     TaskRecord,
     WaitInfo,
     WaitKind,
+    WorkerInfo,
     WorkflowKey,
 )
 from aiki._core.states import RunAction, RunState
-from aiki.errors import ErrorInfo, RecoveryLimitError
-
-LEASE_EXPIRED_ERROR_TYPE = f"{RecoveryLimitError.__module__}.{RecoveryLimitError.__qualname__}"
+from aiki.errors import ErrorInfo
 
 # Sorts after every run id (ids are lowercase hex, compared bytewise): `id < '~'` is "no lower
 # bound" for paging.
@@ -46,9 +47,24 @@ END_EVENTS = {
 
 
 class Row(Protocol):
-    """A row as either driver returns it (a tuple, an asyncpg `Record`): sliced, it is a tuple."""
+    """A row as either driver returns it (a `sqlite3.Row`, an asyncpg `Record`), read by name."""
 
-    def __getitem__(self, index: slice, /) -> tuple[Any, ...]: ...
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+# A run's columns, as each dialect's `queries.sql` lists them in its fragment run_columns.
+RUN_COLUMNS = (
+    "id", "workflow", "version", "state", "payload", "result", "error", "idempotency_key",
+    "attempt", "recovery_attempts", "revision", "wait_kind", "wait_until", "wait_detail",
+    "worker_id", "lease_expires_at", "cancel_requested", "cancel_reason", "created_at",
+    "updated_at",
+)  # fmt: skip
+
+
+@functools.cache
+def _run_columns_getter(prefix: str) -> Callable[[Row], tuple[Any, ...]]:
+    # itemgetter reads every column by name in one C call: run_from_row is on every hot path.
+    return operator.itemgetter(*(prefix + name for name in RUN_COLUMNS))
 
 
 # Built once: `json.dumps` with non-default options builds a new encoder on every call.
@@ -63,12 +79,12 @@ def error_info(text: str | None) -> ErrorInfo | None:
     return None if text is None else ErrorInfo.from_json(json.loads(text))
 
 
-def run_from_row(row: Row, start: int = 0) -> RunStatus:
-    """A `RunStatus` from the run columns, in queries.sql's order, from column `start` on."""
+def run_from_row(row: Row, prefix: str = "") -> RunStatus:
+    """A `RunStatus` from a row's run columns, named `prefix` + each of `RUN_COLUMNS`."""
     (run_id, workflow, version, state, payload, result, error, idempotency_key, attempt,
      recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
      lease_expires_at, cancel_requested, cancel_reason, created_at,
-     updated_at) = row[start:start + 20]  # fmt: skip
+     updated_at) = _run_columns_getter(prefix)(row)  # fmt: skip
     wait = (
         None
         if wait_kind is None
@@ -97,6 +113,7 @@ def run_from_row(row: Row, start: int = 0) -> RunStatus:
 
 
 def task_record(
+    *,
     task: str,
     digest: str,
     index: int,
@@ -114,13 +131,39 @@ def task_record(
     )
 
 
-def history_event(seq: int, at: int, kind: str, state: str, data: str | None) -> HistoryEvent:
+def task_record_from_row(row: Row) -> TaskRecord:
+    """A `TaskRecord` from a `task_results` row."""
+    return task_record(
+        task=row["task"],
+        digest=row["digest"],
+        index=row["idx"],
+        outcome=row["outcome"],
+        attempts=row["attempts"],
+        result=row["result"],
+        error=row["error"],
+    )
+
+
+def history_event(row: Row) -> HistoryEvent:
+    """A `HistoryEvent` from a `history` row."""
+    data = row["data"]
     return HistoryEvent(
-        seq=seq,
-        at_ms=at,
-        kind=EventKind(kind),
-        state=RunState(state),
+        seq=row["seq"],
+        at_ms=row["at"],
+        kind=EventKind(row["kind"]),
+        state=RunState(row["state"]),
         data=json.loads(data) if data else {},
+    )
+
+
+def worker_from_row(row: Row) -> WorkerInfo:
+    """A `WorkerInfo` from a `workers` row and whether it is `alive` now."""
+    return WorkerInfo(
+        id=WorkerId(row["id"]),
+        workflows=workflow_keys(row["workflows"]),
+        last_seen_ms=row["last_seen"],
+        alive_until_ms=row["alive_until"],
+        alive=bool(row["alive"]),  # SQLite has no booleans: 0 or 1
     )
 
 
@@ -153,17 +196,6 @@ def list_params(
     if state is not None:
         params["state"] = state.value
     return params
-
-
-def sent_again(lease: Lease, target: RunState, state: str | None, revision: int | None) -> bool:
-    """Whether `lease`'s holder already moved the run to `target`: its write, sent again.
-
-    A worker sends a write again when the reply to the first was lost (the server died, the
-    connection dropped). A write that ends a lease bumps the revision once; finding the run in
-    the state it asked for, one revision on, means the first one was applied. `state` and
-    `revision` are the run as last read.
-    """
-    return state == target.value and revision == lease.revision + 1
 
 
 # --- history event data -------------------------------------------------------------------------
@@ -199,30 +231,11 @@ def wait_data(wait: WaitInfo) -> dict[str, Any]:
     return {"kind": wait.kind.value, "until_ms": wait.until_ms, "detail": wait.detail}
 
 
-def lease_expired_error(
-    run_id: str, losses: int, worker_id: str | None, max_recovery_attempts: int
-) -> ErrorInfo:
-    """Why a run failed when its worker went silent once too often."""
-    return ErrorInfo(
-        type=LEASE_EXPIRED_ERROR_TYPE,
-        message=(
-            f"workflow run {run_id} lost its worker {losses} time(s), the last time worker "
-            f"{worker_id!r}; max_recovery_attempts is {max_recovery_attempts}"
-        ),
-    )
-
-
-def interrupted_tasks(events: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
-    """The task attempts the lost worker started and never reported, oldest first.
-
-    `events` are the (kind, data) of the attempt's task events, oldest first.
-    """
-    started: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for kind, text in events:
-        data = json.loads(text)
-        key = (data["task"], data["digest"], data["index"], data["attempt"])
-        if kind == EventKind.TASK_STARTED.value:
-            started[key] = {name: data[name] for name in ("task", "index", "digest", "attempt")}
-        else:
-            started.pop(key, None)
-    return list(started.values())
+def end_data(target: RunState, error: ErrorInfo | None, reason: str | None) -> dict[str, Any]:
+    """A run end event's data: its error, and a cancelled run's reason."""
+    data: dict[str, Any] = {}
+    if error is not None:
+        data["error"] = error.to_json()
+    if target is RunState.CANCELLED:
+        data["reason"] = reason
+    return data

@@ -2,59 +2,28 @@
 
 Several servers may share one database: migrations are applied under an advisory lock, claims
 take rows with `FOR UPDATE SKIP LOCKED`, and every due time is read from the database clock,
-so servers on machines whose clocks disagree still agree on when a lease has expired.
+so servers on machines whose clocks disagree still agree on when a lease has expired. The
+`Storage` methods are `PostgresOperations`' (`_postgres_ops`); this module opens and closes the
+pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from aiki._core.clock import Clock
-from aiki._core.ids import RunId, WorkerId
-from aiki._core.models import (
-    ClaimedRun,
-    Enqueued,
-    EventSent,
-    HeartbeatReply,
-    HistoryEvent,
-    Lease,
-    NewEvent,
-    NewRun,
-    RunEvent,
-    RunOutcome,
-    RunStatus,
-    TaskEnd,
-    TaskStart,
-    TimerReport,
-    WaitInfo,
-    WorkerInfo,
-    WorkflowKey,
-    WorkflowSummary,
-)
-from aiki._core.states import RunState
 from aiki.errors import ConfigError, StorageError
-from aiki.storage import _postgres_ops as ops
 from aiki.storage._postgres_errors import cannot_connect
+from aiki.storage._postgres_ops import PostgresOperations
 from aiki.storage._postgres_schema import migrate
+from aiki.storage._postgres_statements import DRIVER_ERRORS
 from aiki.storage._sql_files import load_migrations
 
 __all__ = ["PostgresStorage"]
-
-T = TypeVar("T")
-
-# What asyncpg raises for a failed query or a lost connection; each becomes a StorageError.
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    TimeoutError,
-)
 
 
 _SESSION_SETTINGS = {
@@ -70,11 +39,6 @@ _SESSION_SETTINGS = {
     # scans instead, and the generic plans above keep them while the table grows.
     "enable_seqscan": "off",
 }
-
-# Statements of one batched write kind (enqueue, task start, task end, run end) in flight at
-# once. Each takes every call of its kind queued since the last one went: under load, calls
-# share round trips and commits; two let one statement execute while the other commits.
-_WRITE_FLUSHES = 2
 
 
 async def _init_session(conn: asyncpg.Connection[Any]) -> None:
@@ -97,7 +61,7 @@ async def _keep_session(conn: object) -> None:
     """
 
 
-class PostgresStorage:
+class PostgresStorage(PostgresOperations):
     """The `Storage` protocol on a PostgreSQL database.
 
     Use it as an async context manager, or call `open()` and `close()`. Opening creates the
@@ -133,18 +97,13 @@ class PostgresStorage:
                 f"PostgreSQL pool sizes need 0 <= min_size <= max_size and max_size >= 1, "
                 f"got min_size={min_size}, max_size={max_size}"
             )
+        super().__init__(clock=clock)
         self._dsn = dsn
-        self._clock = clock
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout_s = command_timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._pool: ops.Pool | None = None
-        self._writers = ops.Writers.create(max_flushes=_WRITE_FLUSHES)
         self._lifecycle = asyncio.Lock()  # open() and close() one at a time
-        self._calls = 0  # calls in progress: close() waits for them
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def pool_size(self) -> tuple[int, int]:
@@ -196,7 +155,7 @@ class PostgresStorage:
                     init=_init_session,
                     reset=_keep_session,
                 )
-            except _DRIVER_ERRORS as exc:
+            except DRIVER_ERRORS as exc:
                 raise StorageError(
                     f"{self!r}: cannot connect: {cannot_connect(self._dsn, exc)}"
                 ) from exc
@@ -205,7 +164,7 @@ class PostgresStorage:
                     await migrate(conn, load_migrations("postgres"))
             except BaseException as exc:
                 pool.terminate()
-                if isinstance(exc, _DRIVER_ERRORS):
+                if isinstance(exc, DRIVER_ERRORS):
                     raise StorageError(f"{self!r}: cannot apply migrations: {exc}") from exc
                 raise
             self._pool = pool
@@ -220,155 +179,8 @@ class PostgresStorage:
             await self._writers.drain()  # writes whose callers have stopped waiting
             try:
                 await asyncio.wait_for(pool.close(), timeout=self._command_timeout_s)
-            except _DRIVER_ERRORS:
+            except DRIVER_ERRORS:
                 pool.terminate()
-
-    async def _call(self, op: Callable[[ops.Pool], Awaitable[T]]) -> T:
-        """Run one operation on the pool, translating driver errors into `StorageError`."""
-        pool = self._pool
-        if pool is None:
-            raise StorageError(f"{self!r} is not open")
-        self._calls += 1
-        self._idle.clear()
-        try:
-            return await op(pool)
-        except _DRIVER_ERRORS as exc:
-            raise StorageError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._calls -= 1
-            if self._calls == 0:
-                self._idle.set()
-
-    def _now(self) -> int | None:
-        """A test clock's reading, or None: the statement reads the database clock."""
-        return None if self._clock is None else self._clock.now_ms()
-
-    async def now_ms(self) -> int:
-        """The storage clock: the database's (or the test clock this storage was built with)."""
-        if self._clock is not None:
-            return self._clock.now_ms()
-        return await self._call(ops.now_ms)
-
-    async def enqueue(self, new: NewRun) -> Enqueued:
-        """See `Storage.enqueue`."""
-        now = self._now()
-        return await self._call(lambda db: ops.enqueue(db, self._writers, now, new))
-
-    async def get_run(self, run_id: RunId) -> RunStatus | None:
-        """See `Storage.get_run`."""
-        return await self._call(lambda db: ops.get_run(db, run_id))
-
-    async def list_runs(
-        self,
-        *,
-        workflow: str | None = None,
-        state: RunState | None = None,
-        after: RunId | None = None,
-        limit: int = 100,
-    ) -> list[RunStatus]:
-        """See `Storage.list_runs`."""
-        return await self._call(
-            lambda db: ops.list_runs(db, workflow=workflow, state=state, after=after, limit=limit)
-        )
-
-    async def get_history(self, run_id: RunId) -> list[HistoryEvent]:
-        """See `Storage.get_history`."""
-        return await self._call(lambda db: ops.get_history(db, run_id))
-
-    async def claim(
-        self,
-        worker_id: WorkerId,
-        workflows: Sequence[WorkflowKey],
-        limit: int,
-        lease_ms: int,
-    ) -> list[ClaimedRun]:
-        """See `Storage.claim`."""
-        now = self._now()
-        keys = tuple(workflows)
-        return await self._call(lambda db: ops.claim(db, now, worker_id, keys, limit, lease_ms))
-
-    async def heartbeat(
-        self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
-    ) -> HeartbeatReply:
-        """See `Storage.heartbeat`."""
-        now = self._now()
-        held = tuple(leases)
-        return await self._call(lambda db: ops.heartbeat(db, now, worker_id, held, lease_ms))
-
-    async def start_task(self, lease: Lease, start: TaskStart) -> None:
-        """See `Storage.start_task`."""
-        now = self._now()
-        await self._call(lambda db: ops.start_task(db, self._writers, now, lease, start))
-
-    async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
-        """See `Storage.finish_task`."""
-        now = self._now()
-        return await self._call(lambda db: ops.finish_task(db, self._writers, now, lease, end))
-
-    async def suspend(self, lease: Lease, wait: WaitInfo) -> bool:
-        """See `Storage.suspend`."""
-        now = self._now()
-        return await self._call(lambda db: ops.suspend(db, now, lease, wait))
-
-    async def send_event(self, new: NewEvent) -> EventSent:
-        """See `Storage.send_event`."""
-        now = self._now()
-        return await self._call(lambda db: ops.send_event(db, now, new))
-
-    async def next_event(self, run_id: RunId, name: str, after_seq: int) -> RunEvent | None:
-        """See `Storage.next_event`."""
-        return await self._call(lambda db: ops.next_event(db, run_id, name, after_seq))
-
-    async def release(self, lease: Lease) -> None:
-        """See `Storage.release`."""
-        now = self._now()
-        await self._call(lambda db: ops.release(db, now, lease))
-
-    async def finish(self, lease: Lease, outcome: RunOutcome) -> RunStatus:
-        """See `Storage.finish`."""
-        now = self._now()
-        return await self._call(lambda db: ops.finish(db, self._writers, now, lease, outcome))
-
-    async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
-        """See `Storage.cancel`."""
-        now = self._now()
-        return await self._call(lambda db: ops.cancel(db, now, run_id, reason))
-
-    async def fire_timers(self, *, max_recovery_attempts: int, limit: int = 1000) -> TimerReport:
-        """See `Storage.fire_timers`."""
-        now = self._now()
-        return await self._call(
-            lambda db: ops.fire_timers(
-                db, now, max_recovery_attempts=max_recovery_attempts, limit=limit
-            )
-        )
-
-    async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
-    ) -> None:
-        """See `Storage.register_worker`."""
-        now = self._now()
-        keys = tuple(workflows)
-        await self._call(lambda db: ops.register_worker(db, now, worker_id, keys, lease_ms))
-
-    async def unregister_worker(self, worker_id: WorkerId) -> None:
-        """See `Storage.unregister_worker`."""
-        now = self._now()
-        await self._call(lambda db: ops.unregister_worker(db, now, worker_id))
-
-    async def list_workers(self) -> list[WorkerInfo]:
-        """See `Storage.list_workers`."""
-        now = self._now()
-        return await self._call(lambda db: ops.list_workers(db, now))
-
-    async def workflow_versions(self, name: str) -> list[str]:
-        """See `Storage.workflow_versions`."""
-        return await self._call(lambda db: ops.workflow_versions(db, name))
-
-    async def list_workflows(self) -> list[WorkflowSummary]:
-        """See `Storage.list_workflows`."""
-        now = self._now()
-        return await self._call(lambda db: ops.list_workflows(db, now))
 
 
 def _redacted(dsn: str) -> str:

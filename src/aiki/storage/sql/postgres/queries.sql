@@ -5,29 +5,31 @@
 -- the writes and the history event one atomic round trip. A write that must not happen (stale
 -- lease, forbidden transition) is a CTE whose WHERE finds no row, so nothing is written, and
 -- the statement also returns what Python needs to raise the same error as SQLite.
--- Queries returning a run select the columns in the order `_records.run_from_row` reads.
+-- Rows are read by column name; a run's columns are the fragment run_columns, the names
+-- `_records.run_from_row` reads (a row holding two runs renames one's: `cur_id`...).
+
+-- fragment: run_columns
+id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
 
 -- name: now
 SELECT aiki_now_ms(NULL);
 
 -- name: get_run
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE id = :id;
 
 -- name: find_by_idempotency_key
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempotency_key;
 
 -- name: enqueue
 -- Runs to create, one per element of the arrays (the caller puts an idempotency key at most
 -- once in one statement); one row per element comes back, `n` its position. A run whose key is
--- taken is not inserted and its `created_at` is NULL. The run holding the key comes along when
+-- taken is not inserted (`created` false). The run holding the key comes along when
 -- this statement's snapshot sees it; when it was committed by a concurrent enqueue after the
 -- snapshot (ON CONFLICT waited for it), the caller reads it with find_by_idempotency_key.
 WITH req AS (
@@ -55,13 +57,11 @@ event AS (
     INSERT INTO history (run_id, seq, at, kind, state)
     SELECT id, 1, created_at, 'run_enqueued', 'pending' FROM inserted
 )
-SELECT req.n, inserted.created_at, existing.*
+SELECT req.n, inserted.id IS NOT NULL AS created, {existing.run_columns}
 FROM req
 LEFT JOIN inserted ON inserted.id = req.id
 LEFT JOIN LATERAL (
-    SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-           recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-           lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+    SELECT {run_columns}
     FROM runs
     WHERE inserted.id IS NULL
       AND workflow = req.workflow AND version = req.version
@@ -73,36 +73,28 @@ SELECT seq, at, kind, state, data FROM history WHERE run_id = :run_id ORDER BY s
 
 -- name: list_runs
 -- `:after` is the last id of the previous page, or '~' (sorts after every id) for the first page.
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE id < :after
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_runs_by_workflow
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE workflow = :workflow AND id < :after
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_runs_by_state
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE state = :state AND id < :after
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_runs_by_workflow_and_state
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE workflow = :workflow AND state = :state AND id < :after
 ORDER BY id DESC
@@ -147,10 +139,7 @@ claimed AS (
         last_seq = r.last_seq + 1
     FROM clock
     WHERE r.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING r.id, r.workflow, r.version, r.state, r.payload, r.result, r.error,
-              r.idempotency_key, r.attempt, r.recovery_attempts, r.revision, r.wait_kind,
-              r.wait_until, r.wait_detail, r.worker_id, r.lease_expires_at, r.cancel_requested,
-              r.cancel_reason, r.created_at, r.updated_at, r.last_seq
+    RETURNING {r.run_columns}, r.last_seq
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
@@ -158,10 +147,7 @@ event AS (
            json_build_object('worker_id', worker_id, 'attempt', attempt)
     FROM claimed
 )
-SELECT c.id, c.workflow, c.version, c.state, c.payload, c.result, c.error, c.idempotency_key,
-       c.attempt, c.recovery_attempts, c.revision, c.wait_kind, c.wait_until, c.wait_detail,
-       c.worker_id, c.lease_expires_at, c.cancel_requested, c.cancel_reason, c.created_at,
-       c.updated_at,
+SELECT {c.run_columns},
        t.tasks, t.digests, t.indexes, t.outcomes, t.attempts, t.results, t.errors
 FROM claimed AS c
 LEFT JOIN LATERAL (
@@ -357,8 +343,8 @@ FROM (SELECT 1) AS one LEFT JOIN cur ON true;
 -- cancelled, each from the states its `allowed` lists (comma-separated, from the state
 -- machine); the lease and any wait end with it. A cancelled run's event names its reason: the
 -- one given, else the one its cancel request gave. One row per element comes back, `n` its
--- position: the run as this statement's snapshot saw it (`cur`: why nothing changed, or what
--- an end sent again finds) and, if it changed, as it is now.
+-- position: the run as this statement's snapshot saw it (`cur_*` columns: why nothing changed,
+-- or what an end sent again finds) and, if it changed, as it is now (NULL if it did not).
 WITH req AS (
     SELECT *
     FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :allowed::text[],
@@ -367,9 +353,7 @@ WITH req AS (
          AS r(id, revision, now, allowed, state, kind, result, error, reason, error_data, n)
 ),
 cur AS (
-    SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-           recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-           lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+    SELECT {run_columns}
     FROM runs
     WHERE id = ANY(:ids::text[])
 ),
@@ -384,12 +368,7 @@ changed AS (
     WHERE runs.id = ANY(:ids::text[])
       AND runs.id = req.id AND runs.revision = req.revision
       AND runs.state = ANY(string_to_array(req.allowed, ','))
-    RETURNING req.n, req.kind, req.error_data,
-              runs.id, runs.workflow, runs.version, runs.state, runs.payload, runs.result,
-              runs.error, runs.idempotency_key, runs.attempt, runs.recovery_attempts,
-              runs.revision, runs.wait_kind, runs.wait_until, runs.wait_detail, runs.worker_id,
-              runs.lease_expires_at, runs.cancel_requested, runs.cancel_reason, runs.created_at,
-              runs.updated_at, runs.last_seq
+    RETURNING req.n, req.kind, req.error_data, {runs.run_columns}, runs.last_seq
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
@@ -401,16 +380,7 @@ event AS (
            END
     FROM changed
 )
-SELECT req.n,
-       changed.id, changed.workflow, changed.version, changed.state, changed.payload,
-       changed.result, changed.error, changed.idempotency_key, changed.attempt,
-       changed.recovery_attempts, changed.revision, changed.wait_kind, changed.wait_until,
-       changed.wait_detail, changed.worker_id, changed.lease_expires_at,
-       changed.cancel_requested, changed.cancel_reason, changed.created_at, changed.updated_at,
-       cur.id, cur.workflow, cur.version, cur.state, cur.payload, cur.result, cur.error,
-       cur.idempotency_key, cur.attempt, cur.recovery_attempts, cur.revision, cur.wait_kind,
-       cur.wait_until, cur.wait_detail, cur.worker_id, cur.lease_expires_at,
-       cur.cancel_requested, cur.cancel_reason, cur.created_at, cur.updated_at
+SELECT req.n, {changed.run_columns}, {cur.run_columns AS cur_*}
 FROM req
 LEFT JOIN cur ON cur.id = req.id
 LEFT JOIN changed ON changed.n = req.n;
@@ -426,9 +396,7 @@ flagged AS (
                     last_seq = last_seq + 1
     FROM clock
     WHERE id = :id AND state = 'running' AND NOT cancel_requested
-    RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-              recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-              lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at, last_seq
+    RETURNING {run_columns}, last_seq
 ),
 ended AS (
     UPDATE runs
@@ -439,9 +407,7 @@ ended AS (
         last_seq = last_seq + 1
     FROM clock
     WHERE id = :id AND state = ANY(:allowed::text[])
-    RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-              recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-              lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at, last_seq
+    RETURNING {run_columns}, last_seq
 ),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
@@ -453,19 +419,13 @@ event AS (
            json_build_object('reason', :reason::text)
     FROM ended
 )
-SELECT true AS changed, id, workflow, version, state, payload, result, error, idempotency_key,
-       attempt, recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT true AS changed, {run_columns}
 FROM flagged
 UNION ALL
-SELECT true, id, workflow, version, state, payload, result, error, idempotency_key,
-       attempt, recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT true, {run_columns}
 FROM ended
 UNION ALL
-SELECT false, id, workflow, version, state, payload, result, error, idempotency_key,
-       attempt, recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT false, {run_columns}
 FROM runs
 WHERE id = :id AND NOT EXISTS (SELECT 1 FROM flagged) AND NOT EXISTS (SELECT 1 FROM ended);
 
@@ -598,7 +558,7 @@ FROM runs WHERE id = :id
 FOR UPDATE;
 
 -- name: event_by_key
-SELECT seq, data::text FROM events
+SELECT seq, data::text AS data FROM events
 WHERE run_id = :run_id AND name = :event_name AND idempotency_key = :key;
 
 -- name: insert_event
@@ -639,7 +599,7 @@ event AS (
 SELECT count(*) FROM changed;
 
 -- name: next_event
-SELECT seq, name, data::text FROM events
+SELECT seq, name, data::text AS data FROM events
 WHERE run_id = :run_id AND name = :event_name AND seq > :after_seq
 ORDER BY seq
 LIMIT 1;

@@ -1,17 +1,19 @@
 -- Every statement the SQLite backend runs, by name (`-- name: NAME` opens a block).
--- Queries returning a run select the columns in the order `_records.run_from_row` reads.
+-- Rows are read by column name; a run's columns are the fragment run_columns, the names
+-- `_records.run_from_row` reads.
+
+-- fragment: run_columns
+id, workflow, version, state, payload, result, error, idempotency_key, attempt,
+recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
+lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
 
 -- name: get_run
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE id = :id;
 
 -- name: find_by_idempotency_key
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempotency_key;
 
@@ -34,36 +36,28 @@ SELECT seq, at, kind, state, data FROM history WHERE run_id = :run_id ORDER BY s
 
 -- name: list_runs
 -- `:after` is the last id of the previous page, or '~' (sorts after every id) for the first page.
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE id < :after
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_runs_by_workflow
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE workflow = :workflow AND id < :after
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_runs_by_state
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE state = :state AND id < :after
 ORDER BY id DESC
 LIMIT :limit;
 
 -- name: list_runs_by_workflow_and_state
-SELECT id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-       recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-       lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at
+SELECT {run_columns}
 FROM runs
 WHERE workflow = :workflow AND state = :state AND id < :after
 ORDER BY id DESC
@@ -82,9 +76,7 @@ SET state = 'running', revision = revision + 1, attempt = attempt + 1,
     worker_id = :worker_id, lease_expires_at = :lease_expires_at,
     wait_kind = NULL, wait_until = NULL, wait_detail = NULL, updated_at = :now
 WHERE id = :id AND state = 'pending'
-RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-          recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-          lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at;
+RETURNING {run_columns};
 
 -- name: task_results_of_runs
 -- `:run_ids` is a JSON array of run ids: one statement for a whole claimed batch.
@@ -118,7 +110,9 @@ SET workflows = excluded.workflows, last_seen = excluded.last_seen,
 UPDATE workers SET alive_until = MIN(alive_until, :now) WHERE id = :id;
 
 -- name: list_workers
-SELECT id, workflows, last_seen, alive_until FROM workers ORDER BY id;
+SELECT id, workflows, last_seen, alive_until, alive_until > :now AS alive
+FROM workers
+ORDER BY id;
 
 -- name: workflow_versions
 SELECT version FROM workflows WHERE name = :name ORDER BY version;
@@ -127,7 +121,7 @@ SELECT version FROM workflows WHERE name = :name ORDER BY version;
 SELECT name, version FROM workflows ORDER BY name, version;
 
 -- name: run_counts
-SELECT workflow, version, state, count(*) FROM runs GROUP BY workflow, version, state;
+SELECT workflow, version, state, count(*) AS n FROM runs GROUP BY workflow, version, state;
 
 -- name: upsert_task_result
 INSERT INTO task_results (run_id, task, digest, idx, outcome, attempts, result, error, updated_at)
@@ -159,16 +153,12 @@ SET state = :state, revision = revision + 1, result = :result, error = :error,
     wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
     worker_id = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :id
-RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-          recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-          lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at;
+RETURNING {run_columns};
 
 -- name: request_cancel
 UPDATE runs SET cancel_requested = 1, cancel_reason = :reason, updated_at = :now
 WHERE id = :id
-RETURNING id, workflow, version, state, payload, result, error, idempotency_key, attempt,
-          recovery_attempts, revision, wait_kind, wait_until, wait_detail, worker_id,
-          lease_expires_at, cancel_requested, cancel_reason, created_at, updated_at;
+RETURNING {run_columns};
 
 -- name: due_waits
 -- INDEXED BY: without statistics the planner would take runs_by_state and sort every waiting run.
@@ -194,10 +184,10 @@ WHERE run_id = :run_id
 ORDER BY seq;
 
 -- name: next_wait_due
-SELECT MIN(wait_until) FROM runs INDEXED BY runs_wait_due WHERE state = 'waiting';
+SELECT MIN(wait_until) AS due FROM runs INDEXED BY runs_wait_due WHERE state = 'waiting';
 
 -- name: next_lease_due
-SELECT MIN(lease_expires_at) FROM runs INDEXED BY runs_lease_due WHERE state = 'running';
+SELECT MIN(lease_expires_at) AS due FROM runs INDEXED BY runs_lease_due WHERE state = 'running';
 
 -- name: task_result_state
 SELECT outcome, attempts FROM task_results
@@ -225,6 +215,6 @@ LIMIT 1;
 
 -- name: unconsumed_event
 -- Whether the run has more events of this name than its recorded waits have received.
-SELECT (SELECT count(*) FROM events WHERE run_id = :run_id AND name = :name)
+SELECT ((SELECT count(*) FROM events WHERE run_id = :run_id AND name = :name)
      > (SELECT count(*) FROM task_results
-        WHERE run_id = :run_id AND task = :task AND digest = :digest);
+        WHERE run_id = :run_id AND task = :task AND digest = :digest)) AS unconsumed;
