@@ -318,7 +318,9 @@ async def test_long_retry_backoff_beside_a_working_sibling_retries_in_place(
             )
         )
 
-    await make_worker(backoff_while_working)
+    # The fake clock jumps 30 s at once, past the default 12 s lease with no heartbeat in
+    # between: a longer lease keeps this test about the backoff, not about lease expiry.
+    await make_worker(backoff_while_working, workflow_run=aiki.WorkflowRunConfig(lease_ms=60_000))
     handle = await backoff_while_working.enqueue(client)
 
     async def failed_once() -> bool:
