@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiki._core.ids import RunId
 from aiki._core.models import check_event_name
+from aiki.sdk._execution_protocol import RunExecution
 from aiki.sdk._validate import check_name, sleep_duration_ms
 
 P = TypeVar("P")
 
 _logger = logging.getLogger("aiki.workflow")
-
-
-class RunExecution(Protocol):
-    """The worker's side of a run: what `WorkflowRun` delegates to."""
-
-    def call_task(self, task: Any, payload: object) -> Awaitable[Any]:
-        """Replay or run `task` (an `aiki.sdk.task.Task`) with `payload`."""
-        ...
-
-    def sleep(self, name: str, duration_ms: int) -> Awaitable[None]:
-        """Sleep durably: replay the sleep `name` or record its wake-up, then wait for it."""
-        ...
-
-    def wait_for_event(self, name: str, timeout_ms: int | None) -> Awaitable[Any]:
-        """Replay or receive the next event `name`; TimeoutError after `timeout_ms`."""
-        ...
-
-    def now(self) -> datetime:
-        """The storage clock's current time."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +126,11 @@ class WorkflowRun(Generic[P]):
 
     def __repr__(self) -> str:
         return f"WorkflowRun(id={self.id!r}, name={self.name!r}, version={self.version!r})"
+
+
+def execution_of(workflow_run: WorkflowRun[Any]) -> RunExecution:
+    """The worker's side of `workflow_run`, for the SDK's own calls (`Task.run`)."""
+    return workflow_run._execution
 
 
 @dataclass(frozen=True, slots=True)

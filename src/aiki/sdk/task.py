@@ -9,7 +9,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 from aiki._core.retry import Retry
 from aiki._core.serde import Decoder, JSONValue
-from aiki.sdk._context import TaskContext, WorkflowRun
+from aiki.sdk._context import TaskContext, WorkflowRun, execution_of
 from aiki.sdk._signature import check_single_argument, first_argument_type, return_type
 from aiki.sdk._validate import check_task_name
 
@@ -53,7 +53,7 @@ class Task(Generic[P, R]):
                 f"task {self.name!r}: run() takes the WorkflowRun as its first argument, "
                 f"got {type(workflow_run).__name__}"
             )
-        result: R = await workflow_run._execution.call_task(self, payload)
+        result: R = await execution_of(workflow_run).call_task(self, payload)
         return result
 
     async def invoke(self, context: TaskContext[P]) -> object:
