@@ -88,6 +88,11 @@ class Workflow(Generic[P, R]):
         payload: P = self._payload.decode(value)
         return payload
 
+    def decode_payload_json(self, text: str) -> P:
+        """`decode_payload` of the stored text: parsed once, straight into the type."""
+        payload: P = self._payload.decode_json(text)
+        return payload
+
     def decode_result(self, value: JSONValue) -> R:
         """A stored result as the workflow function's return annotation wants it."""
         result: R = self._result.decode(value)

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiki._core.ids import WorkerId
 from aiki._core.models import TaskAddress, TaskEnd, TaskOutcome, TaskStart, WaitKind
-from aiki._core.serde import encode, loads
+from aiki._core.serde import encode_json_value, to_json_value
 from aiki.config import WorkflowRunConfig
 from aiki.errors import (
     ErrorInfo,
@@ -88,8 +88,11 @@ class TaskAttempts:
             context = TaskContext(
                 payload=task.decode_payload(payload), workflow_run=workflow_run, attempt=attempt
             )
-            value = await task.invoke(context)
-            result_json = encode(value, what=f"task {task.name!r} result", limit=None)
+            what = f"task {task.name!r} result"
+            # The workflow gets the JSON value the text was made from, not the text parsed
+            # again: the same value a replay would parse out of the record.
+            result = to_json_value(await task.invoke(context), what=what)
+            result_json = encode_json_value(result, what=what, limit=None)
         except Exception as exc:
             timing = _Timing(began, await start.settle())
             return await self._failed(task, address, attempt, exc, timing)
@@ -102,7 +105,7 @@ class TaskAttempts:
             await self._writes.finish_task(end)
         except PayloadError as exc:  # result over the server's size limit: a final failure
             return await self._failed(task, address, attempt, NonRetryableError(str(exc)), timing)
-        return task.decode_result(loads(result_json))
+        return task.decode_result(result)
 
     async def _failed(
         self,

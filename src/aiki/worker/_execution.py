@@ -126,7 +126,7 @@ class RunExecution:
         run = self._claimed.run
         outcome: RunOutcome | None = None
         try:
-            payload = self._workflow.decode_payload(run.payload)
+            payload = self._workflow.decode_payload_json(run.payload_json)
             self._view = WorkflowRun(
                 id=run.id,
                 name=run.workflow,
