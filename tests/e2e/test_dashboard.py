@@ -135,6 +135,40 @@ async def test_runs_pages_go_back_with_the_older_link(
     assert seen == newest_first and pages == 3
 
 
+async def test_a_run_no_live_worker_serves_says_so_on_its_page_and_in_the_list(
+    client: aiki.Client, make_worker: WorkerFactory, browser: httpx.AsyncClient
+) -> None:
+    v1, v2 = wf("alarm", "1"), wf("alarm", "2")
+    await (await make_worker(v1, id="old")).stop()  # version 1 is known, and served by no one
+    await make_worker(v2, id="new")
+    served = await v2.enqueue(client, payload="v2")
+    await served.wait_for_completion(timeout=10)
+    stuck = await v1.enqueue(client, payload="v1")
+    note = "no live worker serves alarm@1 (live workers serve version(s) 2)"
+    assert (await stuck.get_status()).note == note, "the service's words"
+
+    html = await page(browser, f"/dashboard/runs/{stuck.id}")
+    callout = re.search(r'<p class="notice warning" role="status">(.*?)</p>', html)
+    assert callout is not None and callout.group(1) == note
+    assert html.index(note) < html.index('<dl class="summary">'), "above the run's details"
+    served_html = await page(browser, f"/dashboard/runs/{served.id}")
+    assert "notice warning" not in served_html
+
+    listed = await page(browser, "/dashboard/")
+    rows = {
+        run_id: row
+        for row in re.findall(r"<tr>(.*?)</tr>", listed.split("<tbody>")[1], re.S)
+        for run_id in run_links(row)
+    }
+    assert f'<td class="note warn" title="{note}">{note}</td>' in rows[stuck.id]
+    assert '<td class="note" title=""></td>' in rows[served.id]
+
+    await make_worker(v1, id="back")
+    assert await stuck.wait_for_completion(timeout=10) == "v1"
+    assert "notice warning" not in await page(browser, f"/dashboard/runs/{stuck.id}")
+    assert note not in await page(browser, "/dashboard/")
+
+
 # --- one run ------------------------------------------------------------------------------------
 
 
