@@ -135,6 +135,40 @@ async def test_runs_pages_go_back_with_the_older_link(
     assert seen == newest_first and pages == 3
 
 
+async def test_a_run_no_live_worker_serves_says_so_on_its_page_and_in_the_list(
+    client: aiki.Client, make_worker: WorkerFactory, browser: httpx.AsyncClient
+) -> None:
+    v1, v2 = wf("alarm", "1"), wf("alarm", "2")
+    await (await make_worker(v1, id="old")).stop()  # version 1 is known, and served by no one
+    await make_worker(v2, id="new")
+    served = await v2.enqueue(client, payload="v2")
+    await served.wait_for_completion(timeout=10)
+    stuck = await v1.enqueue(client, payload="v1")
+    note = "no live worker serves alarm@1 (live workers serve version(s) 2)"
+    assert (await stuck.get_status()).note == note, "the service's words"
+
+    html = await page(browser, f"/dashboard/runs/{stuck.id}")
+    callout = re.search(r'<p class="notice warning" role="status">(.*?)</p>', html)
+    assert callout is not None and callout.group(1) == note
+    assert html.index(note) < html.index('<dl class="summary">'), "above the run's details"
+    served_html = await page(browser, f"/dashboard/runs/{served.id}")
+    assert "notice warning" not in served_html
+
+    listed = await page(browser, "/dashboard/")
+    rows = {
+        run_id: row
+        for row in re.findall(r"<tr>(.*?)</tr>", listed.split("<tbody>")[1], re.S)
+        for run_id in run_links(row)
+    }
+    assert f'<td class="note warn" title="{note}">{note}</td>' in rows[stuck.id]
+    assert '<td class="note" title=""></td>' in rows[served.id]
+
+    await make_worker(v1, id="back")
+    assert await stuck.wait_for_completion(timeout=10) == "v1"
+    assert "notice warning" not in await page(browser, f"/dashboard/runs/{stuck.id}")
+    assert note not in await page(browser, "/dashboard/")
+
+
 # --- one run ------------------------------------------------------------------------------------
 
 
@@ -161,7 +195,7 @@ async def test_run_page_shows_each_attempt_of_a_retried_task(
 
     tasks = html.split("<h2>Tasks</h2>")[1].split("<h2>Timeline</h2>")[0]
     assert tasks.count('<div class="task">') == 1
-    assert '<span class="mono">flaky</span> <span class="muted">#0</span>' in tasks
+    assert '<span class="mono">flaky</span> <span class="muted">#1</span>' in tasks
     assert "3 attempts" in tasks
     rows = re.findall(r"<tr>\s*<td class=\"num\">(\d)</td>(.*?)</tr>", tasks, re.S)
     assert [number for number, _ in rows] == ["1", "2", "3"]
@@ -184,8 +218,57 @@ async def test_run_page_shows_each_attempt_of_a_retried_task(
     ]
     assert "by worker w-retry (run attempt 1)" in timeline
     # A duration is real time, not the test clock's: under load an attempt may take a ms or more.
-    assert re.search(r"flaky #0 attempt 2 in \d+ ms: OSError: down #2; retry in 0 ms", timeline)
+    assert re.search(r"flaky #1 attempt 2 in \d+ ms: OSError: down #2; retry in 0 ms", timeline)
     assert "+0 ms" in timeline
+
+
+async def test_calls_and_attempts_are_numbered_from_1_like_the_cli(
+    client: aiki.Client, make_worker: WorkerFactory, browser: httpx.AsyncClient
+) -> None:
+    tries = 0
+
+    @aiki.task(name="ring-alarm", retry=aiki.Retry.fixed(max_attempts=2, delay_ms=0))
+    async def ring(ctx: aiki.TaskContext[Any]) -> int:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise OSError("no bell")
+        return ctx.attempt
+
+    @aiki.workflow(name="wake-up", version="1")
+    async def wake_up(workflow_run: aiki.WorkflowRun[Any]) -> list[int]:
+        first = await ring.run(workflow_run, payload="bell")
+        await workflow_run.sleep("snooze", 0)
+        await workflow_run.sleep("snooze", 0)
+        return [first, await ring.run(workflow_run, payload="bell")]
+
+    await make_worker(wake_up)
+    handle = await wake_up.enqueue(client, payload=None)
+    assert await handle.wait_for_completion(timeout=10) == [2, 1]
+    history = await handle.get_history()
+    stored = [
+        (e.data["index"], e.data["attempt"])
+        for e in history
+        if e.kind.value == "task_started" and e.data["task"] == "ring-alarm"
+    ]
+    assert stored == [(0, 1), (0, 2), (1, 1)], "stored: index from 0, attempt from 1"
+
+    html = await page(browser, f"/dashboard/runs/{handle.id}")
+    tasks = html.split("<h2>Tasks</h2>")[1].split("<h2>Sleeps</h2>")[0]
+    headings = re.findall(r'<span class="mono">ring-alarm</span> <span class="muted">#(\d)', tasks)
+    assert headings == ["1", "2"]
+    calls = tasks.split('<div class="task">')[1:]
+    attempts = [re.findall(r'<tr>\s*<td class="num">(\d)</td>', call) for call in calls]
+    assert attempts == [["1", "2"], ["1"]]
+    sleeps = html.split("<h2>Sleeps</h2>")[1].split("<h2>Timeline</h2>")[0]
+    assert re.findall(r'snooze</span> <span class="muted">#(\d)', sleeps) == ["1", "2"]
+    timeline = html.split("<h2>Timeline</h2>")[1]
+    # The CLI prints these as `ring-alarm#1 attempt 1`: the same numbers.
+    for call, attempt in ((1, 1), (1, 2), (2, 1)):
+        assert f"ring-alarm #{call} attempt {attempt} on worker" in timeline
+    assert "&#39;snooze&#39; #1 for 0 ms" in timeline and "&#39;snooze&#39; #2" in timeline
+    assert "by worker" in timeline and "(run attempt 1)" in timeline
+    assert "#0" not in html and "attempt 0" not in html
 
 
 async def test_failed_run_shows_its_error_and_traceback(
@@ -260,7 +343,7 @@ async def test_run_waiting_for_an_event_shows_it_and_the_events_sent(
     assert 'event <span class="mono">approved</span></dd>' in html, "no time: no timeout"
     timeline = html.split("<h2>Timeline</h2>")[1]
     assert "event sent" in timeline and "&#39;approved&#39; seq" in timeline
-    assert "wait for event" in timeline and "&#39;approved&#39; #0 received" in timeline
+    assert "wait for event" in timeline and "&#39;approved&#39; #1 received" in timeline
     assert "event of approved" in await page(browser, "/dashboard/?state=waiting")
     await handle.send_event("approved", 2)
     assert await handle.wait_for_completion(timeout=10) == [1, 2]
@@ -303,7 +386,7 @@ async def test_attempt_of_a_lost_worker_shows_interrupted(
     assert 'badge completed">completed' in rows[1][1] and "second" in rows[1][1]
     assert "(1 after a lost worker)" in html
     timeline = html.split("<h2>Timeline</h2>")[1]
-    assert "worker first went silent; interrupted: ship #0 attempt 1; recovery attempt 1" in (
+    assert "worker first went silent; interrupted: ship #1 attempt 1; recovery attempt 1" in (
         timeline
     )
 

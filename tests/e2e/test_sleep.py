@@ -604,7 +604,7 @@ async def test_dashboard_shows_the_sleep_as_a_sleep(
         "stretch_result": 300,
     }
     done = (await browser.get(f"/dashboard/runs/{handle.id}")).text
-    assert "&#39;coffee&#39; #0 for 2.0 s" in done  # the timeline's sleep entry
+    assert "&#39;coffee&#39; #1 for 2.0 s" in done  # the timeline's sleep entry
     assert "sleeping</span>" not in done and "aiki.sleep/" not in done
     assert done.count('<div class="task">') == 2  # ring-alarm and stretch only
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -316,24 +317,44 @@ def _runs_url(request: Request, **params: str | None) -> str:
     return f"{_base(request)}/" + (f"?{query}" if query else "")
 
 
-def _note(run: RunStatus, workers: Sequence[WorkerInfo]) -> str:
+@dataclass(frozen=True, slots=True)
+class _ListNote:
+    text: str = ""
+    warn: bool = False  # the run cannot go on as things stand: shown in the warning colour
+
+
+def _note(run: RunStatus, workers: Sequence[WorkerInfo]) -> _ListNote:
     """The one thing worth knowing about a run in the list, if any."""
     if run.note:
-        return run.note
-    if run.state is RunState.PENDING:
-        key = WorkflowKey(name=run.workflow, version=run.version)
-        if not any(w.alive and key in w.workflows for w in workers):
-            return f"no live worker serves {key}"
+        return _ListNote(run.note, warn=True)
+    if run.state is RunState.PENDING and (unserved := _unserved(run, workers)) is not None:
+        return _ListNote(unserved, warn=True)
     if run.wait is not None:
         detail = f" of {run.wait.detail}" if run.wait.detail else ""
         if run.wait.until_ms is None:
-            return f"{run.wait.kind.value}{detail}"
-        return f"{run.wait.kind.value}{detail} until {format_time(run.wait.until_ms)}"
+            return _ListNote(f"{run.wait.kind.value}{detail}")
+        return _ListNote(f"{run.wait.kind.value}{detail} until {format_time(run.wait.until_ms)}")
     if run.state is RunState.FAILED and run.error is not None:
-        return f"{run.error.type.rsplit('.', 1)[-1]}: {run.error.message}"
+        return _ListNote(f"{run.error.type.rsplit('.', 1)[-1]}: {run.error.message}")
     if run.cancel_reason and (run.state is RunState.CANCELLED or run.cancel_requested):
-        return f"reason: {run.cancel_reason}"
-    return ""
+        return _ListNote(f"reason: {run.cancel_reason}")
+    return _ListNote()
+
+
+def _unserved(run: RunStatus, workers: Sequence[WorkerInfo]) -> str | None:
+    """The note `get_status` gives a pending run that no live worker serves, in its words.
+
+    Only `get_status` adds `status.note`; `list_runs` leaves it out, so the list words it
+    the same way from the workers the page already has (issue 9). A test holds the two
+    texts equal; this goes once `list_runs` carries the note.
+    """
+    key = WorkflowKey(name=run.workflow, version=run.version)
+    live = [w for w in workers if w.alive]
+    if any(key in w.workflows for w in live):
+        return None
+    others = sorted({k.version for w in live for k in w.workflows if k.name == key.name})
+    note = f"no live worker serves {key}"
+    return f"{note} (live workers serve version(s) {', '.join(others)})" if others else note
 
 
 class _RequireLogin:

@@ -5,6 +5,9 @@ audit trail holds. Texts are plain strings; the templates escape them.
 
 A sleep is recorded as a completed task named `aiki.sleep/<name>` whose duration is the
 sleep's: it is shown as a sleep, never as a task.
+
+Numbers people read count from 1, as the CLI prints them: attempts are stored that way, and a
+call's occurrence (`index`, stored from 0) is shown as `#index + 1`.
 """
 
 from __future__ import annotations
@@ -79,10 +82,15 @@ class TaskView:
     """A task call (name, payload digest, occurrence) and its attempts, oldest first."""
 
     task: str
-    index: int
+    index: int  # the n-th call of this task with this payload in the run, from 0
     digest: str
     attempts: list[AttemptView] = field(default_factory=list)
     show_digest: bool = False  # another call has the same name and index: tell them apart
+
+    @property
+    def number(self) -> int:
+        """The call's occurrence as shown, from 1."""
+        return self.index + 1
 
     @property
     def outcome(self) -> str:
@@ -99,6 +107,11 @@ class SleepView:
     recorded_ms: int  # when the first call recorded it (storage clock)
     worker_id: str | None = None
     sleeping: bool = False  # the run is waiting for this sleep now
+
+    @property
+    def number(self) -> int:
+        """The sleep's occurrence as shown, from 1."""
+        return self.index + 1
 
     @property
     def until_ms(self) -> int:
@@ -237,8 +250,8 @@ def _summarize_task(kind: EventKind, data: dict[str, Any]) -> str:
         return _summarize_sleep(sleep, data)
     waited = event_name(str(data.get("task")))
     if waited is not None:  # the record's digest says what it holds
-        return f"{waited!r} #{data.get('index', 0)} {data.get('digest')}"
-    text = f"{data.get('task')} #{data.get('index', 0)} attempt {data.get('attempt')}"
+        return f"{waited!r} #{_number(data)} {data.get('digest')}"
+    text = f"{data.get('task')} #{_number(data)} attempt {data.get('attempt')}"
     if kind is EventKind.TASK_STARTED:
         return f"{text} on worker {data.get('worker_id')}"
     if data.get("duration_ms") is not None:
@@ -255,11 +268,16 @@ def _summarize_task(kind: EventKind, data: dict[str, Any]) -> str:
 
 
 def _summarize_sleep(name: str, data: dict[str, Any]) -> str:
-    text = f"{name!r} #{data.get('index', 0)}"
+    text = f"{name!r} #{_number(data)}"
     duration = data.get("duration_ms")
     if isinstance(duration, int):
         text += f" for {format_duration(duration)}"
     return text
+
+
+def _number(data: dict[str, Any]) -> int:
+    """A call's stored occurrence (from 0) as shown (from 1)."""
+    return int(data.get("index", 0)) + 1
 
 
 def _event_sent(kind: EventKind, data: dict[str, Any]) -> str:
@@ -270,9 +288,7 @@ def _interrupted(data: dict[str, Any]) -> list[str]:
     tasks = data.get("interrupted") or []
     if not tasks:
         return []
-    names = ", ".join(
-        f"{t.get('task')} #{t.get('index', 0)} attempt {t.get('attempt')}" for t in tasks
-    )
+    names = ", ".join(f"{t.get('task')} #{_number(t)} attempt {t.get('attempt')}" for t in tasks)
     return [f"interrupted: {names}"]
 
 
