@@ -8,7 +8,6 @@ point, so the dashboard works wherever it is mounted.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiki._core.api import EngineApi
 from aiki._core.ids import RunId
-from aiki._core.models import RunStatus, WorkerInfo, WorkflowKey
+from aiki._core.models import RunStatus
 from aiki._core.states import RunState
 from aiki.dashboard._security import COOKIE, Gate, read_form, safe_next, same_origin
 from aiki.dashboard._timeline import format_duration, format_time, sleeps, tasks, timeline
@@ -156,7 +155,6 @@ class _Pages:
             limit=limit + 1,  # one more tells whether an older page exists
         )
         runs, more = page[:limit], len(page) > limit
-        workers = await self._api.list_workers()
         names = sorted({w.name for w in await self._api.list_workflows()} | {workflow or ""})
         filters = {"workflow": workflow, "state": state, "limit": query.get("limit")}
         return self.render(
@@ -165,7 +163,7 @@ class _Pages:
             nav="runs",
             refreshable=True,
             runs=runs,
-            notes={run.id: _note(run, workers) for run in runs},
+            notes={run.id: _note(run) for run in runs},
             workflow=workflow or "",
             state=state or "",
             states=list(RunState),
@@ -323,12 +321,10 @@ class _ListNote:
     warn: bool = False  # the run cannot go on as things stand: shown in the warning colour
 
 
-def _note(run: RunStatus, workers: Sequence[WorkerInfo]) -> _ListNote:
+def _note(run: RunStatus) -> _ListNote:
     """The one thing worth knowing about a run in the list, if any."""
     if run.note:
         return _ListNote(run.note, warn=True)
-    if run.state is RunState.PENDING and (unserved := _unserved(run, workers)) is not None:
-        return _ListNote(unserved, warn=True)
     if run.wait is not None:
         detail = f" of {run.wait.detail}" if run.wait.detail else ""
         if run.wait.until_ms is None:
@@ -339,22 +335,6 @@ def _note(run: RunStatus, workers: Sequence[WorkerInfo]) -> _ListNote:
     if run.cancel_reason and (run.state is RunState.CANCELLED or run.cancel_requested):
         return _ListNote(f"reason: {run.cancel_reason}")
     return _ListNote()
-
-
-def _unserved(run: RunStatus, workers: Sequence[WorkerInfo]) -> str | None:
-    """The note `get_status` gives a pending run that no live worker serves, in its words.
-
-    Only `get_status` adds `status.note`; `list_runs` leaves it out, so the list words it
-    the same way from the workers the page already has (issue 9). A test holds the two
-    texts equal; this goes once `list_runs` carries the note.
-    """
-    key = WorkflowKey(name=run.workflow, version=run.version)
-    live = [w for w in workers if w.alive]
-    if any(key in w.workflows for w in live):
-        return None
-    others = sorted({k.version for w in live for k in w.workflows if k.name == key.name})
-    note = f"no live worker serves {key}"
-    return f"{note} (live workers serve version(s) {', '.join(others)})" if others else note
 
 
 class _RequireLogin:

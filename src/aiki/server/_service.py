@@ -37,6 +37,7 @@ from aiki._core.models import (
     WorkflowSummary,
     check_event_name,
 )
+from aiki._core.notes import unserved_note
 from aiki._core.serde import canonical_json, check_size
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
@@ -130,22 +131,8 @@ class Service:
         if status is None:
             raise RunNotFoundError(run_id)
         if status.state is RunState.PENDING:
-            return await self._note_if_unserved(status)
+            return _with_note(status, await self._storage.list_workers())
         return status
-
-    async def _note_if_unserved(self, status: RunStatus) -> RunStatus:
-        """Say so when no live worker serves a pending run's version: it would wait forever."""
-        key = WorkflowKey(name=status.workflow, version=status.version)
-        workers = await self._storage.list_workers()
-        if any(w.alive and key in w.workflows for w in workers):
-            return status
-        others = sorted(
-            {k.version for w in workers if w.alive for k in w.workflows if k.name == key.name}
-        )
-        note = f"no live worker serves {key}"
-        if others:
-            note += f" (live workers serve version(s) {', '.join(others)})"
-        return replace(status, note=note)
 
     async def list_workers(self) -> list[WorkerInfo]:
         return await self._storage.list_workers()
@@ -169,9 +156,13 @@ class Service:
     ) -> list[RunStatus]:
         if not 1 <= limit <= 1000:
             raise ValueError(f"limit must be between 1 and 1000, got {limit}")
-        return await self._storage.list_runs(
+        runs = await self._storage.list_runs(
             workflow=workflow, state=state, after=after, limit=limit
         )
+        if not any(r.state is RunState.PENDING for r in runs):
+            return runs
+        workers = await self._storage.list_workers()  # once per page, not once per run
+        return [_with_note(r, workers) if r.state is RunState.PENDING else r for r in runs]
 
     async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
         loop = asyncio.get_running_loop()
@@ -444,3 +435,9 @@ class Service:
         """Finish background hand-backs."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _with_note(status: RunStatus, workers: Sequence[WorkerInfo]) -> RunStatus:
+    """A pending run says so when no live worker serves its version: it would wait forever."""
+    note = unserved_note(WorkflowKey(name=status.workflow, version=status.version), workers)
+    return status if note is None else replace(status, note=note)
