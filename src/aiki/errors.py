@@ -131,16 +131,20 @@ class RunNotFoundError(ClientError, LookupError):
 
 
 class WorkflowNotFoundError(ClientError, LookupError):
-    """A request named a workflow version the server has never heard of.
+    """An enqueue named a workflow version that no worker has ever registered.
 
-    Raised for enqueues by name only (`aiki runs enqueue`, `NewRun.require_known`): an
-    application enqueueing through its `aiki.workflow` defines the version by doing so.
+    Most often a typo, or a version not deployed yet; `known` lists the versions of that
+    workflow that are. Enqueue with `allow_unknown=True` (`aiki runs enqueue
+    --allow-unknown`) to create the run anyway: it waits until a worker serves its version.
     """
 
     def __init__(self, *, workflow: str, version: str, known: Sequence[str] = ()) -> None:
-        text = f"no workflow {workflow!r} version {version!r} is known"
+        text = f"no worker has registered workflow {workflow!r} version {version!r}"
         if known:
             text += f" (known versions: {', '.join(known)})"
+        else:
+            text += ", nor any other version of it"
+        text += "; enqueue with allow_unknown=True (--allow-unknown) to create the run anyway"
         super().__init__(text)
         self.workflow = workflow
         self.version = version

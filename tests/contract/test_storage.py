@@ -25,6 +25,7 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskAddress,
     TaskEnd,
     TaskOutcome,
@@ -100,6 +101,11 @@ async def storage(backend: Backend) -> AsyncIterator[Storage]:
 def fresh_key() -> WorkflowKey:
     """A workflow of its own, so a test's claims take only the runs it means."""
     return WorkflowKey(name=f"wf-{next(_names)}", version="1")
+
+
+def served(*keys: WorkflowKey) -> list[ServedVersion]:
+    """Versions as a worker registers them, with no payload schema."""
+    return [ServedVersion(name=key.name, version=key.version) for key in keys]
 
 
 def new_run(
@@ -1030,15 +1036,15 @@ async def test_history_of_a_whole_run(storage: Storage, clock: FakeClock) -> Non
 
 
 async def test_register_worker_is_repeatable(storage: Storage) -> None:
-    await storage.register_worker(WORKER, [KEY, fresh_key()], 1_000)
-    await storage.register_worker(WORKER, [KEY], 1_000)
+    await storage.register_worker(WORKER, served(KEY, fresh_key()), 1_000)
+    await storage.register_worker(WORKER, served(KEY), 1_000)
     await storage.register_worker(OTHER_WORKER, [], 1_000)
 
 
 async def test_workers_are_alive_until_their_lease_passes(
     storage: Storage, clock: FakeClock
 ) -> None:
-    await storage.register_worker(WORKER, [KEY], 1_000)
+    await storage.register_worker(WORKER, served(KEY), 1_000)
     await storage.register_worker(OTHER_WORKER, [], 5_000)
 
     first, _ = sorted(await storage.list_workers(), key=lambda w: w.id)
@@ -1062,7 +1068,7 @@ async def test_list_workflows_counts_runs_and_live_workers(
     key = fresh_key()
     await storage.enqueue(NewRun(workflow=key.name, version=key.version, payload_json="1"))
     await storage.enqueue(NewRun(workflow=key.name, version=key.version, payload_json="2"))
-    await storage.register_worker(WORKER, [key], 1_000)
+    await storage.register_worker(WORKER, served(key), 1_000)
 
     summaries = {(s.name, s.version): s for s in await storage.list_workflows()}
 
@@ -1091,13 +1097,31 @@ async def test_a_task_end_can_carry_its_start(storage: Storage) -> None:
     assert started.at_ms <= completed.at_ms
 
 
-async def test_workflow_versions_are_those_registered_or_enqueued(storage: Storage) -> None:
+async def test_served_versions_are_those_a_worker_registered(storage: Storage) -> None:
     key = fresh_key()
-    assert await storage.workflow_versions(key.name) == []
+    assert await storage.served_versions(key.name) == []
     await storage.enqueue(NewRun(workflow=key.name, version="2.0.0", payload_json="1"))
-    await storage.register_worker(WORKER, [WorkflowKey(name=key.name, version="1.0.0")], 1_000)
+    schema = dumps({"type": "object"})
+    first = ServedVersion(name=key.name, version="1.0.0", payload_schema_json=schema)
+    await storage.register_worker(WORKER, [first, ServedVersion(name=key.name, version="3")], 1)
 
-    assert await storage.workflow_versions(key.name) == ["1.0.0", "2.0.0"]
+    # Enqueued only (allow_unknown), 2.0.0 is not served: listed with its runs, not known.
+    assert await storage.served_versions(key.name) == [
+        first,
+        ServedVersion(name=key.name, version="3"),
+    ]
+    assert (key.name, "2.0.0") in {(s.name, s.version) for s in await storage.list_workflows()}
+
+    # A later registration of the same version replaces its schema; 2.0.0 becomes known.
+    changed = ServedVersion(name=key.name, version="1.0.0", payload_schema_json=dumps({}))
+    await storage.register_worker(OTHER_WORKER, [changed, replace(first, version="2.0.0")], 1)
+    assert [
+        (s.version, s.payload_schema_json) for s in await storage.served_versions(key.name)
+    ] == [
+        ("1.0.0", dumps({})),
+        ("2.0.0", schema),
+        ("3", None),
+    ]
 
 
 # --- events -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ async def test_cancel_pending_run(client: aiki.Client) -> None:
     async def never_runs(workflow_run: aiki.WorkflowRun[Any]) -> None:
         raise AssertionError("no worker serves this")
 
-    handle = await never_runs.enqueue(client)
+    handle = await never_runs.enqueue(client, allow_unknown=True)
     status = await handle.cancel("changed my mind")
 
     assert status.state is aiki.RunState.CANCELLED
@@ -62,7 +62,10 @@ async def test_cancel_reaches_the_running_workflow_and_task(
     assert cancelled.value.reason == "user asked"
     assert seen == ["task", "workflow"]
     kinds = [e.kind.value for e in await handle.get_history()]
-    assert kinds[-2:] == ["cancel_requested", "run_cancelled"]
+    # The task's start is written a moment after it begins (quick tasks write it with their
+    # end), so it may land before or after the cancel request; the run's end comes last.
+    assert kinds[-1] == "run_cancelled"
+    assert kinds.index("cancel_requested") < len(kinds) - 1
 
 
 async def test_cancel_waiting_run(client: aiki.Client, make_worker: WorkerFactory) -> None:

@@ -71,7 +71,7 @@ async def test_runs_are_listed_newest_first_with_state_and_note(
     await make_worker(served, id="w-1")
     done = await served.enqueue(client, payload={"n": 1})
     await done.wait_for_completion(timeout=10)
-    stuck = await unserved.enqueue(client, payload={"n": 2})
+    stuck = await unserved.enqueue(client, payload={"n": 2}, allow_unknown=True)
 
     html = await page(browser, "/dashboard/")
     assert run_links(html) == [stuck.id, done.id]
@@ -92,7 +92,7 @@ async def test_runs_filter_by_workflow_and_state(
     await make_worker(alpha)
     a1 = await alpha.enqueue(client, payload=1)
     await a1.wait_for_completion(timeout=10)
-    b1 = await beta.enqueue(client, payload=2)  # no worker: stays pending
+    b1 = await beta.enqueue(client, payload=2, allow_unknown=True)  # no worker: stays pending
 
     assert run_links(await page(browser, "/dashboard/?workflow=alpha")) == [a1.id]
     assert run_links(await page(browser, "/dashboard/?workflow=beta")) == [b1.id]
@@ -114,7 +114,7 @@ async def test_runs_pages_go_back_with_the_older_link(
     client: aiki.Client, browser: httpx.AsyncClient
 ) -> None:
     flow = wf("paged")
-    ids = [(await flow.enqueue(client, payload=n)).id for n in range(5)]
+    ids = [(await flow.enqueue(client, payload=n, allow_unknown=True)).id for n in range(5)]
     newest_first = ids[::-1]
 
     seen: list[str] = []
@@ -416,7 +416,7 @@ async def test_workflows_and_workers_pages(
     await make_worker(v1, id="worker-a")
     for n in range(2):
         await (await v1.enqueue(client, payload=n)).wait_for_completion(timeout=10)
-    await v2.enqueue(client, payload="nobody serves me")
+    await v2.enqueue(client, payload="nobody serves me", allow_unknown=True)
 
     html = await page(browser, "/dashboard/workflows")
     rows = re.findall(r"<tr>(.*?)</tr>", html.split("<tbody>")[1], re.S)
@@ -449,7 +449,7 @@ async def test_stopped_worker_is_shown_gone(
 async def test_cancel_a_pending_run_from_its_page(
     client: aiki.Client, browser: httpx.AsyncClient
 ) -> None:
-    handle = await wf("to-cancel").enqueue(client, payload=None)
+    handle = await wf("to-cancel").enqueue(client, payload=None, allow_unknown=True)
     assert "Cancel run" in await page(browser, f"/dashboard/runs/{handle.id}")
 
     response = await browser.post(
@@ -523,7 +523,7 @@ async def test_cancel_a_running_run_is_requested_then_done(
 async def test_cancel_is_refused_from_another_origin(
     client: aiki.Client, browser: httpx.AsyncClient, headers: dict[str, str]
 ) -> None:
-    handle = await wf("keep").enqueue(client, payload=None)
+    handle = await wf("keep").enqueue(client, payload=None, allow_unknown=True)
     response = await browser.post(
         f"/dashboard/runs/{handle.id}/cancel", data={"reason": "csrf"}, headers=headers
     )
@@ -535,7 +535,7 @@ async def test_cancel_is_refused_from_another_origin(
 async def test_cancel_reason_length_is_limited(
     client: aiki.Client, browser: httpx.AsyncClient
 ) -> None:
-    handle = await wf("verbose").enqueue(client, payload=None)
+    handle = await wf("verbose").enqueue(client, payload=None, allow_unknown=True)
     response = await browser.post(
         f"/dashboard/runs/{handle.id}/cancel", data={"reason": "x" * 1001}, headers=SAME_ORIGIN
     )
@@ -560,7 +560,7 @@ async def test_user_data_is_escaped_everywhere(
     handle = await flow.enqueue(client, payload={"name": evil}, idempotency_key=evil)
     with pytest.raises(aiki.WorkflowRunFailedError):
         await handle.wait_for_completion(timeout=10)
-    pending = await wf("other").enqueue(client, payload=None)
+    pending = await wf("other").enqueue(client, payload=None, allow_unknown=True)
     await client.get_handle(pending.id).cancel(evil)
 
     for url in (
@@ -594,7 +594,7 @@ async def keyed(srv: aiki.Server) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_api_key_login_flow(client: aiki.Client, keyed: httpx.AsyncClient) -> None:
-    handle = await wf("locked").enqueue(client, payload=None)
+    handle = await wf("locked").enqueue(client, payload=None, allow_unknown=True)
     assert (await keyed.get("/health")).status_code == 200
     assert (await keyed.get("/")).status_code == 307
     assert (await keyed.get("/dashboard/static/dashboard.css")).status_code == 200
@@ -676,6 +676,6 @@ async def test_without_api_key_login_is_not_needed(browser: httpx.AsyncClient) -
 async def test_a_page_holds_50_runs(client: aiki.Client, browser: httpx.AsyncClient) -> None:
     flow = wf("bulk")
     for n in range(51):
-        await flow.enqueue(client, payload=n)
+        await flow.enqueue(client, payload=n, allow_unknown=True)
     html = await page(browser, "/dashboard/")
     assert len(run_links(html)) == 50 and 'class="older"' in html

@@ -61,7 +61,7 @@ async def await_approval(workflow_run: aiki.WorkflowRun[Any]) -> Any:
 async def test_an_event_sent_before_the_wait_is_kept_for_it(
     client: aiki.Client, make_worker: WorkerFactory
 ) -> None:
-    handle = await await_approval.enqueue(client)
+    handle = await await_approval.enqueue(client, allow_unknown=True)
     sent = await handle.send_event("approved", {"by": "ana"})
     assert sent.created and sent.seq > 0
 
@@ -105,7 +105,7 @@ async def test_events_of_one_name_are_received_in_send_order(
         rest = [await workflow_run.wait_for_event("item") for _ in range(2)]
         return [first, other, *rest]
 
-    handle = await collect.enqueue(client)
+    handle = await collect.enqueue(client, allow_unknown=True)
     for n in (1, 2):
         await handle.send_event("item", n)
     await handle.send_event("other", "x")
@@ -212,7 +212,7 @@ async def test_a_send_with_a_known_key_is_stored_once(
     async def two_events(workflow_run: aiki.WorkflowRun[Any]) -> list[Any]:
         return [await workflow_run.wait_for_event("e") for _ in range(2)]
 
-    handle = await two_events.enqueue(client)
+    handle = await two_events.enqueue(client, allow_unknown=True)
     first = await handle.send_event("e", 1, idempotency_key="k")
     again = await handle.send_event("e", 1, idempotency_key="k")
     assert first.created and not again.created and again.seq == first.seq
@@ -248,7 +248,7 @@ async def test_a_send_to_an_unknown_run_is_refused(client: aiki.Client) -> None:
 async def test_bad_names_and_data_are_refused_before_anything_is_stored(
     client: aiki.Client,
 ) -> None:
-    handle = await await_approval.enqueue(client)
+    handle = await await_approval.enqueue(client, allow_unknown=True)
     with pytest.raises(ValueError, match="empty"):
         await handle.send_event("", 1)
     with pytest.raises(TypeError, match="str"):
@@ -261,7 +261,7 @@ async def test_bad_names_and_data_are_refused_before_anything_is_stored(
 
 
 async def test_data_over_the_size_limit_is_refused(client: aiki.Client) -> None:
-    handle = await await_approval.enqueue(client)
+    handle = await await_approval.enqueue(client, allow_unknown=True)
     with pytest.raises(aiki.PayloadTooLargeError):
         await handle.send_event("approved", "x" * 2_000_000)
 
@@ -286,7 +286,7 @@ async def test_a_replay_after_a_crash_receives_the_same_event(
         got = await workflow_run.wait_for_event("e")
         return [got, await blocks.run(workflow_run, payload={})]
 
-    handle = await crash_after_event.enqueue(client)
+    handle = await crash_after_event.enqueue(client, allow_unknown=True)
     await handle.send_event("e", "first")
     first = await make_worker(crash_after_event, workflow_run=LEASE)
     await blocked.wait()

@@ -26,6 +26,7 @@ from aiki._core.models import (
     NewRun,
     PollRequest,
     RunOutcome,
+    ServedVersion,
     TaskAddress,
     TaskEnd,
     TaskOutcome,
@@ -47,7 +48,14 @@ WORKER = WorkerId("w1")
 
 
 def new_run(payload: Any = None, key: str | None = None) -> NewRun:
-    return NewRun(workflow="w", version="1", payload_json=dumps(payload), idempotency_key=key)
+    """A run of `w@1`, which no worker here serves: these tests drive the runs themselves."""
+    return NewRun(
+        workflow="w",
+        version="1",
+        payload_json=dumps(payload),
+        idempotency_key=key,
+        allow_unknown=True,
+    )
 
 
 @pytest.fixture
@@ -92,6 +100,9 @@ async def test_error_codes_round_trip_to_their_classes(
     srv: aiki.Server, http: HttpApi, tmp_path: Path, clock: FakeClock
 ) -> None:
     seen: set[str] = set()
+    deployed_once = ServedVersion(name="w", version="1")  # its worker has stopped since
+    await srv.service.register_worker(WorkerId("w-old"), [deployed_once], 1_000)
+    await srv.service.unregister_worker(WorkerId("w-old"))
     pending = await srv.service.get_status(
         (await srv.service.enqueue(new_run({"n": 1}, key="k"))).id
     )
@@ -100,7 +111,7 @@ async def test_error_codes_round_trip_to_their_classes(
     assert isinstance(exc, aiki.RunNotFoundError) and exc.run_id == "no-such-run"
     seen.add("run_not_found")
 
-    by_name = NewRun(workflow="w", version="9", payload_json="{}", require_known=True)
+    by_name = NewRun(workflow="w", version="9", payload_json="{}")
     exc = await same_error(srv, http, lambda api: api.enqueue(by_name))
     assert isinstance(exc, aiki.WorkflowNotFoundError)
     assert (exc.workflow, exc.version, exc.known) == ("w", "9", ("1",))
@@ -179,14 +190,16 @@ async def test_error_bodies_carry_code_message_and_attributes(
 ) -> None:
     first = await raw.post(
         "/v1/runs",
-        json={"workflow": "w", "version": "1", "payload_json": "1", "idempotency_key": "k"},
+        json={"workflow": "w", "version": "1", "payload_json": "1", "idempotency_key": "k"}
+        | {"allow_unknown": True},
     )
     assert first.status_code == 201
     run_id = first.json()["id"]
 
     again = await raw.post(
         "/v1/runs",
-        json={"workflow": "w", "version": "1", "payload_json": "2", "idempotency_key": "k"},
+        json={"workflow": "w", "version": "1", "payload_json": "2", "idempotency_key": "k"}
+        | {"allow_unknown": True},
     )
 
     assert again.status_code == 409
@@ -375,7 +388,7 @@ async def test_unknown_route_and_method_are_json(raw: httpx.AsyncClient) -> None
 
 async def test_hand_written_payload_text_is_stored_canonical(raw: httpx.AsyncClient) -> None:
     """Key order and spaces do not make another payload: idempotency still holds."""
-    body = {"workflow": "w", "version": "1", "idempotency_key": "k"}
+    body = {"workflow": "w", "version": "1", "idempotency_key": "k", "allow_unknown": True}
     first = await raw.post("/v1/runs", json=body | {"payload_json": '{"b": 2, "a": 1}'})
     again = await raw.post("/v1/runs", json=body | {"payload_json": '{"a":1,"b":2}'})
 
@@ -487,7 +500,7 @@ async def test_list_runs_pages_with_a_cursor(
     srv: aiki.Server, raw: httpx.AsyncClient, client: aiki.Client
 ) -> None:
     ids = [(await srv.service.enqueue(new_run(i))).id for i in range(7)]
-    other = NewRun(workflow="other", version="1", payload_json="0")
+    other = NewRun(workflow="other", version="1", payload_json="0", allow_unknown=True)
     await srv.service.enqueue(other)
     cancelled = await srv.service.cancel(ids[2], "no")
 
@@ -511,7 +524,8 @@ async def test_list_runs_pages_with_a_cursor(
 
 
 async def test_list_workers_and_workflows(client: aiki.Client) -> None:
-    await client.api.register_worker(WorkerId("w-1"), [KEY], 60_000)
+    served = ServedVersion(name=KEY.name, version=KEY.version)
+    await client.api.register_worker(WorkerId("w-1"), [served], 60_000)
     await client.api.enqueue(new_run(1))
 
     workers = await client.api.list_workers()

@@ -118,7 +118,9 @@ async def test_worker_disconnect_ends_its_long_poll(real_srv: aiki.Server) -> No
         assert real_srv.service.parked_polls == 0, "no ghost poll is left to claim new runs"
 
         async with HttpApi(address) as api:
-            enqueued = await api.enqueue(NewRun(workflow="w", version="1", payload_json="1"))
+            enqueued = await api.enqueue(
+                NewRun(workflow="w", version="1", payload_json="1", allow_unknown=True)
+            )
             run = await api.get_status(enqueued.id)
             assert (await api.get_status(run.id)).state is aiki.RunState.PENDING
             request = PollRequest(
@@ -170,7 +172,9 @@ async def call_poll_then_leave(app: ASGIApp, body: dict[str, Any]) -> list[Messa
 
 async def test_runs_claimed_for_a_worker_that_left_are_handed_back(srv: aiki.Server) -> None:
     """The claim runs while the worker disconnects: what it took goes back to pending."""
-    enqueued = await srv.service.enqueue(NewRun(workflow="w", version="1", payload_json="1"))
+    enqueued = await srv.service.enqueue(
+        NewRun(workflow="w", version="1", payload_json="1", allow_unknown=True)
+    )
     run_id = enqueued.id
 
     await call_poll_then_leave(srv.app, POLL_BODY | {"wait_ms": 0})

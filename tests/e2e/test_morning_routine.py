@@ -6,6 +6,7 @@ from typing import Any
 
 import aiki
 from aiki.examples import (
+    NewUser,
     morning_routine,
     morning_routine_v2,
     user_onboarding_v1,
@@ -65,7 +66,7 @@ async def test_two_versions_run_side_by_side(
 ) -> None:
     await make_worker(user_onboarding_v1, user_onboarding_v2)
     v1 = await user_onboarding_v1.enqueue(client, payload={"user_id": "a"})
-    v2 = await user_onboarding_v2.enqueue(client, payload={"user_id": "b"})
+    v2 = await user_onboarding_v2.enqueue(client, payload=NewUser(user_id="b"))
 
     assert await v1.wait_for_completion(timeout=10) == {"email": "welcome email sent to user a"}
     assert await v2.wait_for_completion(timeout=10) == {
@@ -78,8 +79,8 @@ async def test_two_versions_run_side_by_side(
 
 async def test_run_stays_on_its_version(client: aiki.Client, make_worker: WorkerFactory) -> None:
     """A worker serving only v2 never takes a v1 run; a v1 worker later does."""
-    v1 = await user_onboarding_v1.enqueue(client, payload={"user_id": "a"})
-    v2 = await user_onboarding_v2.enqueue(client, payload={"user_id": "b"})
+    v1 = await user_onboarding_v1.enqueue(client, payload={"user_id": "a"}, allow_unknown=True)
+    v2 = await user_onboarding_v2.enqueue(client, payload=NewUser(user_id="b"), allow_unknown=True)
     await make_worker(user_onboarding_v2)
     await v2.wait_for_completion(timeout=10)
     assert (await v1.get_status()).state is aiki.RunState.PENDING
@@ -135,7 +136,9 @@ async def test_unknown_run_id(client: aiki.Client) -> None:
 
 
 async def test_wait_for_completion_times_out(client: aiki.Client) -> None:
-    handle = await morning_routine.enqueue(client, payload={})  # no worker: stays pending
+    handle = await morning_routine.enqueue(
+        client, payload={}, allow_unknown=True
+    )  # no worker: stays pending
     try:
         await handle.wait_for_completion(timeout=0.05)
     except TimeoutError as exc:
@@ -147,7 +150,9 @@ async def test_wait_for_completion_times_out(client: aiki.Client) -> None:
 async def test_status_says_when_no_live_worker_serves_the_version(
     client: aiki.Client, make_worker: WorkerFactory
 ) -> None:
-    handle = await user_onboarding_v2.enqueue(client, payload={"user_id": "a"})
+    handle = await user_onboarding_v2.enqueue(
+        client, payload=NewUser(user_id="a"), allow_unknown=True
+    )
     assert (await handle.get_status()).note == "no live worker serves user-onboarding@2.0.0"
 
     v1_worker = await make_worker(user_onboarding_v1)
@@ -167,7 +172,7 @@ async def test_workflows_list_live_workers_and_counts(
 ) -> None:
     w = await make_worker(morning_routine, id="w-1")
     await (await morning_routine.enqueue(client, payload={})).wait_for_completion(timeout=10)
-    await user_onboarding_v1.enqueue(client, payload={"user_id": "x"})
+    await user_onboarding_v1.enqueue(client, payload={"user_id": "x"}, allow_unknown=True)
 
     summaries = {(s.name, s.version): s for s in await client.api.list_workflows()}
     assert summaries[("morning-routine", "1.0.0")].runs == {"completed": 1}

@@ -188,7 +188,7 @@ async def test_run_fails_after_max_recovery_attempts(tmp_path: Any, clock: FakeC
         f"sqlite:///{tmp_path}/poison.db", clock=clock, max_recovery_attempts=2
     ) as server:
         client = await aiki.create_client(server=server)
-        handle = await order.enqueue(client)
+        handle = await order.enqueue(client, allow_unknown=True)
         for _ in range(3):  # three workers in a row die in `ship`
             w = await aiki.worker(client, clock=clock, workflow_run=LEASE)
             w.registry.add(order)

@@ -120,7 +120,11 @@ def test_runs_cancel(procs: Processes, server: Server) -> None:
     # No worker serves 9.9.9: refused unless asked for; then that run stays pending, and says
     # why; the other one completes.
     unknown = aiki(procs, server, "runs", "enqueue", "morning-routine", "9.9.9")
-    assert "no workflow 'morning-routine' version '9.9.9' is known" in failed(unknown)
+    assert failed(unknown) == (
+        "Error: no worker has registered workflow 'morning-routine' version '9.9.9' (known "
+        "versions: 1.0.0, 2.0.0); enqueue with allow_unknown=True (--allow-unknown) to create "
+        "the run anyway\n"
+    )
     parked_out, done_out = procs.run_cli_many(
         ["runs", "enqueue", "morning-routine", "9.9.9", "--allow-unknown", "--json", *url],
         ["runs", "enqueue", "morning-routine", "1.0.0", "--wait", "--json", *url],
@@ -191,8 +195,9 @@ def test_workflows_list_shows_the_live_worker_and_counts(procs: Processes, serve
 
 def test_bad_input_fails_with_a_clear_message(procs: Processes, server: Server) -> None:
     url = ["--server", server.url]
-    bad_payload, show_unknown, cancel_unknown, bad_state = procs.run_cli_many(
+    bad_payload, misfit, show_unknown, cancel_unknown, bad_state = procs.run_cli_many(
         ["runs", "enqueue", "morning-routine", "1.0.0", "--payload", "{bad", *url],
+        ["runs", "enqueue", "user-onboarding", "2.0.0", "--payload", '{"user": 7}', *url],
         ["runs", "show", "no-such-run", "--server", server.url],
         ["runs", "cancel", "no-such-run", "--server", server.url],
         ["runs", "list", "--state", "sleepy", "--server", server.url],
@@ -200,6 +205,11 @@ def test_bad_input_fails_with_a_clear_message(procs: Processes, server: Server) 
 
     message = failed(bad_payload)
     assert "--payload" in message and "not JSON" in message
+    # Checked on the server against the JSON Schema the worker registered for 2.0.0.
+    assert failed(misfit) == (
+        "Error: workflow 'user-onboarding' payload does not match the schema its worker "
+        "registered: $: 'user_id' is a required property\n"
+    )
     assert "no workflow run with id 'no-such-run'" in failed(show_unknown)
     assert "no workflow run with id 'no-such-run'" in failed(cancel_unknown)
     assert "--state" in failed(bad_state)

@@ -12,7 +12,7 @@ import pytest
 
 from aiki._core.clock import FakeClock
 from aiki._core.ids import RunId, WorkerId
-from aiki._core.models import Lease, NewRun, WorkflowKey
+from aiki._core.models import Lease, NewRun, ServedVersion, WorkflowKey
 from aiki.errors import LeaseLostError, StorageError
 from aiki.storage._sql_files import load_migrations, load_queries, parse_queries
 from aiki.storage._sqlite_schema import connect, migrate, split_statements
@@ -54,7 +54,8 @@ async def test_two_processes_opening_a_new_file_migrate_it_once(db: Path, clock:
     stores = [SqliteStorage(str(db), clock=clock) for _ in range(4)]
     await asyncio.gather(*(store.open() for store in stores))
     await asyncio.gather(*(store.close() for store in stores))
-    assert query_db(db, "SELECT COUNT(*) FROM schema_migrations") == [(2,)]
+    applied = [(m.version,) for m in load_migrations("sqlite")]
+    assert query_db(db, "SELECT version FROM schema_migrations ORDER BY version") == applied
 
 
 async def test_database_is_in_wal_mode(db: Path, clock: FakeClock) -> None:
@@ -89,10 +90,23 @@ async def test_open_is_idempotent_and_reopen_after_close_works(db: Path, clock: 
         await storage.close()
 
 
+async def test_versions_known_before_the_upgrade_stay_known(db: Path, clock: FakeClock) -> None:
+    """A database from before workers' registrations were told apart keeps what it accepted."""
+    conn = connect(str(db), busy_timeout_ms=1_000)
+    older = [m for m in load_migrations("sqlite") if m.version < 3]
+    migrate(conn, older, now_ms=clock.now_ms())
+    conn.execute("INSERT INTO workflows (name, version, first_seen) VALUES ('greet', '1', 5)")
+    conn.close()
+
+    async with SqliteStorage(str(db), clock=clock) as storage:
+        assert await storage.served_versions("greet") == [ServedVersion(name="greet", version="1")]
+
+
 async def test_workers_and_workflows_are_recorded(db: Path, clock: FakeClock) -> None:
     other = WorkflowKey(name="other", version="2")
     async with SqliteStorage(str(db), clock=clock) as storage:
-        await storage.register_worker(WorkerId("w1"), [KEY, other], 1_000)
+        served = [ServedVersion(name=k.name, version=k.version) for k in (KEY, other)]
+        await storage.register_worker(WorkerId("w1"), served, 1_000)
         await storage.enqueue(NewRun(workflow="third", version="3", payload_json="{}"))
         await clock.advance(500)
         await storage.heartbeat(WorkerId("w1"), [], 1_000)

@@ -23,11 +23,11 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     WaitInfo,
     WorkerInfo,
-    WorkflowKey,
     WorkflowSummary,
 )
 from aiki._core.states import RunState
@@ -63,9 +63,9 @@ class EngineApi(Protocol):
 
     # --- workers ---
     async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+        self, worker_id: WorkerId, versions: Sequence[ServedVersion], lease_ms: int
     ) -> None:
-        """Record a worker as alive for `lease_ms`, serving `workflows`."""
+        """Record a worker as alive for `lease_ms`, serving `versions` (which become known)."""
         ...
 
     async def unregister_worker(self, worker_id: WorkerId) -> None:

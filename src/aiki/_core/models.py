@@ -37,6 +37,21 @@ class WorkflowKey:
         return f"{self.name}@{self.version}"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServedVersion:
+    """A workflow version as a worker registers it: its key and what payload it takes."""
+
+    name: Name
+    version: Name
+    # The JSON Schema of the payload type (canonical JSON text), or None for any JSON value.
+    # The server checks payloads enqueued by name (CLI, HTTP) against it.
+    payload_schema_json: str | None = None
+
+    @property
+    def key(self) -> WorkflowKey:
+        return WorkflowKey(name=self.name, version=self.version)
+
+
 class WaitKind(StrEnum):
     """Why a run is `waiting`."""
 
@@ -164,10 +179,10 @@ class NewRun:
     # payload type): the server stores the text as sent, unparsed. Otherwise, for an enqueue by
     # name (CLI, HTTP), the server parses it once to store and compare its canonical form.
     checked: bool = False
-    # Refuse a name and version nobody has defined yet (a worker registering it, or an
-    # enqueue from its `aiki.workflow`): for enqueues by name, where a typo would otherwise
-    # wait forever.
-    require_known: bool = False
+    # A version no worker has ever registered is refused (with the versions that are known),
+    # so a typo or an undeployed version does not wait forever; True takes it anyway, for a
+    # worker that is yet to be deployed.
+    allow_unknown: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -114,17 +114,26 @@ def check_size(text: str, *, what: str, limit: int) -> None:
         )
 
 
+def parse_json(text: str, *, what: str) -> JSONValue:
+    """The JSON value of `text`.
+
+    Raises:
+        PayloadError: not JSON text.
+    """
+    try:
+        value: JSONValue = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"{what} is not JSON text: {exc}") from None
+    return value
+
+
 def canonical_json(text: str, *, what: str) -> str:
     """Check that `text` is JSON and return its canonical form (the same text, if it was).
 
     Raises:
         PayloadError: not JSON text, or not a JSON value Aiki stores (NaN, a lone surrogate).
     """
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise PayloadError(f"{what} is not JSON text: {exc}") from None
-    return encode(value, what=what, limit=None)
+    return encode(parse_json(text, what=what), what=what, limit=None)
 
 
 def digest(text: str) -> str:
@@ -161,6 +170,15 @@ class Decoder:
         except pydantic.ValidationError as exc:
             expected = _type_name(self._adapter)
             raise PayloadError(f"{what} does not match {expected}: {_reasons(exc)}") from None
+
+    def json_schema(self) -> str | None:
+        """The annotated type's JSON Schema as canonical text; None when any JSON passes.
+
+        Workers register it so the server can check payloads enqueued by name.
+        """
+        if self._adapter is None:
+            return None
+        return dumps(self._adapter.json_schema())
 
     def decode_json(self, text: str | None) -> Any:
         """`decode` for JSON text: parsed once, straight into the annotated type.

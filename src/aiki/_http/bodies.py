@@ -20,11 +20,11 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     WaitInfo,
     WorkerInfo,
-    WorkflowKey,
     WorkflowSummary,
 )
 from aiki._core.states import RunState
@@ -116,7 +116,7 @@ class RegisterWorkerBody:
     """`POST /v1/workers/register`."""
 
     worker_id: Name
-    workflows: tuple[WorkflowKey, ...]
+    workflows: tuple[ServedVersion, ...]
     lease_ms: Positive
 
 

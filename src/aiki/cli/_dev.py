@@ -73,7 +73,9 @@ async def _run_examples(
             # With a durable two-second coffee break between its tasks.
             await examples.morning_routine_v2.enqueue(client, payload={"user_id": "123"}),
             await examples.user_onboarding_v1.enqueue(client, payload={"user_id": "u-1"}),
-            await examples.user_onboarding_v2.enqueue(client, payload={"user_id": "u-2"}),
+            await examples.user_onboarding_v2.enqueue(
+                client, payload=examples.NewUser(user_id="u-2")
+            ),
         ]
         for handle in handles:
             await _show(handle)

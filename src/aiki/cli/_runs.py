@@ -218,7 +218,7 @@ def enqueue_run(
         version=version,
         payload_json=encode(value, what=f"workflow {workflow!r} payload", limit=None),
         idempotency_key=idempotency_key,
-        require_known=not allow_unknown,  # a typo must not leave a run waiting forever
+        allow_unknown=allow_unknown,
     )
 
     async def action(client: aiki.Client) -> aiki.RunStatus:

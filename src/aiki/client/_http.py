@@ -37,11 +37,11 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     WaitInfo,
     WorkerInfo,
-    WorkflowKey,
     WorkflowSummary,
 )
 from aiki._core.states import RunState
@@ -373,12 +373,10 @@ class HttpApi:
     # --- workers --------------------------------------------------------------------------
 
     async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+        self, worker_id: WorkerId, versions: Sequence[ServedVersion], lease_ms: int
     ) -> None:
         """See `EngineApi.register_worker`."""
-        body = RegisterWorkerBody(
-            worker_id=worker_id, workflows=tuple(workflows), lease_ms=lease_ms
-        )
+        body = RegisterWorkerBody(worker_id=worker_id, workflows=tuple(versions), lease_ms=lease_ms)
         await self._call_no_reply("POST", "/v1/workers/register", body=body, idempotent=True)
 
     async def unregister_worker(self, worker_id: WorkerId) -> None:

@@ -2,6 +2,7 @@
 
 from aiki.examples.morning import morning_routine, morning_routine_v2, ring_alarm, stretch
 from aiki.examples.onboarding import (
+    NewUser,
     create_user_profile,
     send_welcome_email,
     user_onboarding_v1,
@@ -10,6 +11,7 @@ from aiki.examples.onboarding import (
 from aiki.sdk import Registry
 
 __all__ = [
+    "NewUser",
     "create_user_profile",
     "morning_routine",
     "morning_routine_v2",

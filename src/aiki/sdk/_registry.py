@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from aiki._core.models import WorkflowKey
+from aiki._core.models import ServedVersion, WorkflowKey
 from aiki.sdk.workflow import Workflow
 
 
@@ -41,6 +41,11 @@ class Registry:
     def keys(self) -> tuple[WorkflowKey, ...]:
         """Every registered name and version."""
         return tuple(self._workflows)
+
+    @property
+    def served(self) -> tuple[ServedVersion, ...]:
+        """Every registered version with its payload's JSON Schema, as a worker registers them."""
+        return tuple(workflow.served for workflow in self._workflows.values())
 
     def __iter__(self) -> Iterator[Workflow[Any, Any]]:
         return iter(self._workflows.values())

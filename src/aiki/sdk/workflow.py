@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar, overload
 
-from aiki._core.models import NewRun, WorkflowKey
+from aiki._core.models import NewRun, ServedVersion, WorkflowKey
 from aiki._core.serde import Decoder, JSONValue, encode_json_value, to_json_value
 from aiki.client import Client, RunHandle
 from aiki.sdk._context import WorkflowRun
@@ -45,6 +45,7 @@ class Workflow(Generic[P, R]):
         payload: P | None = None,
         *,
         idempotency_key: str | None = None,
+        allow_unknown: bool = False,
     ) -> RunHandle[R]:
         """Start a run of this version of the workflow.
 
@@ -53,8 +54,13 @@ class Workflow(Generic[P, R]):
             payload: JSON value or pydantic model given to the workflow.
             idempotency_key: Enqueueing again with the same key and payload returns the same
                 run, in whatever state it is.
+            allow_unknown: Enqueue even if no worker has ever registered this version (the
+                run waits for one); by default that is refused, as it is most often a typo or
+                a version not yet deployed.
 
         Raises:
+            WorkflowNotFoundError: no worker has ever registered this version, and
+                `allow_unknown` is False; the error lists the versions that are known.
             PayloadError: the payload is not JSON, does not match the workflow's payload type
                 (nothing is sent then), or is too large.
             IdempotencyConflictError: the key is taken by a run with another payload.
@@ -76,8 +82,16 @@ class Workflow(Generic[P, R]):
             payload_json=text,
             idempotency_key=idempotency_key,
             checked=True,
+            allow_unknown=allow_unknown,
         )
         return await client.enqueue(new, result=self._result)
+
+    @property
+    def served(self) -> ServedVersion:
+        """This version as a worker registers it, with its payload's JSON Schema."""
+        return ServedVersion(
+            name=self.name, version=self.version, payload_schema_json=self._payload.json_schema()
+        )
 
     async def execute(self, workflow_run: WorkflowRun[P]) -> R:
         """Call the workflow function (the worker does this, replaying recorded tasks)."""

@@ -28,6 +28,7 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     TimerReport,
@@ -38,7 +39,7 @@ from aiki._core.models import (
     check_event_name,
 )
 from aiki._core.notes import unserved_note
-from aiki._core.serde import canonical_json, check_size
+from aiki._core.serde import check_size, encode, parse_json
 from aiki._core.states import RunState
 from aiki.config import ServerSettings
 from aiki.errors import (
@@ -48,6 +49,7 @@ from aiki.errors import (
     WorkflowNotFoundError,
 )
 from aiki.queue import Announcement, LocalQueue, Queue
+from aiki.server._payload_schemas import check_payload
 from aiki.server._signals import KeyedSignal, Signal, wait_any
 from aiki.storage import Storage
 
@@ -96,6 +98,9 @@ class Service:
         # long a request takes to reach its wait.
         self._parked_polls = 0
         self._parked_waits = 0
+        # Versions a worker has registered: once known, always known (registration is never
+        # undone), so the SDK's enqueues of them need no read.
+        self._known: set[WorkflowKey] = set()
 
     @property
     def parked_polls(self) -> int:
@@ -112,19 +117,41 @@ class Service:
     async def enqueue(self, new: NewRun) -> Enqueued:
         what = f"workflow {new.workflow!r} payload"
         check_size(new.payload_json, what=what, limit=self._settings.max_payload_bytes)
+        key = WorkflowKey(name=new.workflow, version=new.version)
         if not new.checked:
-            # By name (CLI, HTTP): any JSON text may come, and storage compares payloads as
-            # text for idempotency, so it keeps the canonical form. The SDK's text already is.
-            new = replace(new, payload_json=canonical_json(new.payload_json, what=what))
-        if new.require_known:
-            known = await self._storage.workflow_versions(new.workflow)
-            if new.version not in known:
-                raise WorkflowNotFoundError(workflow=new.workflow, version=new.version, known=known)
+            # By name (CLI, HTTP): any JSON text may come. Parsed once, to check it against
+            # the schema the version's workers registered and to store its canonical form
+            # (storage compares payloads as text for idempotency). The SDK's text already is.
+            value = parse_json(new.payload_json, what=what)
+            served = await self._served(key, allow_unknown=new.allow_unknown)
+            if served is not None and served.payload_schema_json is not None:
+                check_payload(value, served.payload_schema_json, what=what)
+            new = replace(new, payload_json=encode(value, what=what, limit=None))
+        elif not new.allow_unknown and key not in self._known:
+            await self._served(key, allow_unknown=False)
         enqueued = await self._storage.enqueue(new)
         if enqueued.created:
             key = WorkflowKey(name=new.workflow, version=new.version)
             self._announce(Announcement(ready=frozenset((key,))))
         return enqueued
+
+    async def _served(self, key: WorkflowKey, *, allow_unknown: bool) -> ServedVersion | None:
+        """The version as its workers last registered it; None if none has, and that is allowed.
+
+        Raises:
+            WorkflowNotFoundError: no worker has ever registered it and `allow_unknown` is
+                False; lists the versions of that workflow that are known.
+        """
+        versions = await self._storage.served_versions(key.name)
+        for served in versions:
+            if served.version == key.version:
+                self._known.add(key)
+                return served
+        if allow_unknown:
+            return None
+        raise WorkflowNotFoundError(
+            workflow=key.name, version=key.version, known=[v.version for v in versions]
+        )
 
     async def get_status(self, run_id: RunId) -> RunStatus:
         status = await self._storage.get_run(run_id)
@@ -219,9 +246,10 @@ class Service:
     # --- workers ------------------------------------------------------------------------
 
     async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+        self, worker_id: WorkerId, versions: Sequence[ServedVersion], lease_ms: int
     ) -> None:
-        await self._storage.register_worker(worker_id, workflows, lease_ms)
+        await self._storage.register_worker(worker_id, versions, lease_ms)
+        self._known.update(version.key for version in versions)
 
     async def unregister_worker(self, worker_id: WorkerId) -> None:
         await self._storage.unregister_worker(worker_id)

@@ -33,6 +33,7 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     TimerReport,
@@ -69,6 +70,7 @@ from aiki.storage._records import (
     list_params,
     list_query_name,
     run_from_row,
+    served_version_from_row,
     task_end_data,
     task_end_kind,
     task_start_data,
@@ -501,19 +503,20 @@ class PostgresOperations:
 
     @_pooled
     async def register_worker(
-        self, db: Pool, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+        self, db: Pool, worker_id: WorkerId, versions: Sequence[ServedVersion], lease_ms: int
     ) -> None:
         """See `Storage.register_worker`."""
-        keys = list(dict.fromkeys(workflows))
+        served = {version.key: version for version in versions}
         await execute(
             db,
             "register_worker",
             now=self._now(),
             id=worker_id,
-            workflows=workflow_keys_json(keys),
+            workflows=workflow_keys_json(list(served)),
             lease_ms=lease_ms,
-            names=[key.name for key in keys],
-            versions=[key.version for key in keys],
+            names=[version.name for version in served.values()],
+            versions=[version.version for version in served.values()],
+            schemas=[version.payload_schema_json for version in served.values()],
         )
 
     @_pooled
@@ -527,9 +530,10 @@ class PostgresOperations:
         return [worker_from_row(row) for row in await fetch(db, "list_workers", now=self._now())]
 
     @_pooled
-    async def workflow_versions(self, db: Pool, name: str) -> list[str]:
-        """See `Storage.workflow_versions`."""
-        return [row["version"] for row in await db.fetch(Q["workflow_versions"].sql, name)]
+    async def served_versions(self, db: Pool, name: str) -> list[ServedVersion]:
+        """See `Storage.served_versions`."""
+        rows = await db.fetch(Q["served_versions"].sql, name)
+        return [served_version_from_row(row) for row in rows]
 
     @_pooled
     async def list_workflows(self, db: Pool) -> list[WorkflowSummary]:

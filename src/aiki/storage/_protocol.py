@@ -25,6 +25,7 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     TimerReport,
@@ -166,11 +167,12 @@ class Storage(Protocol):
         ...
 
     async def register_worker(
-        self, worker_id: WorkerId, workflows: Sequence[WorkflowKey], lease_ms: int
+        self, worker_id: WorkerId, versions: Sequence[ServedVersion], lease_ms: int
     ) -> None:
-        """Record that this worker serves these workflows and is alive for `lease_ms`.
+        """Record that this worker serves these versions and is alive for `lease_ms`.
 
-        Each heartbeat keeps it alive for its `lease_ms` again.
+        Each version becomes known (`served_versions`), with its payload schema as this
+        registration gives it. Each heartbeat keeps the worker alive for its `lease_ms` again.
         """
         ...
 
@@ -186,6 +188,9 @@ class Storage(Protocol):
         """Every known workflow version with its live workers and run counts by state."""
         ...
 
-    async def workflow_versions(self, name: str) -> list[str]:
-        """The known versions of one workflow (registered by a worker or enqueued), sorted."""
+    async def served_versions(self, name: str) -> list[ServedVersion]:
+        """The versions of one workflow a worker has ever registered, sorted by version.
+
+        A version only enqueued (`allow_unknown`) is not among them.
+        """
         ...

@@ -18,6 +18,7 @@ from aiki._core.models import (
     EventKind,
     HistoryEvent,
     RunStatus,
+    ServedVersion,
     TaskAddress,
     TaskEnd,
     TaskOutcome,
@@ -164,6 +165,13 @@ def worker_from_row(row: Row) -> WorkerInfo:
         last_seen_ms=row["last_seen"],
         alive_until_ms=row["alive_until"],
         alive=bool(row["alive"]),  # SQLite has no booleans: 0 or 1
+    )
+
+
+def served_version_from_row(row: Row) -> ServedVersion:
+    """A `ServedVersion` from a `workflows` row."""
+    return ServedVersion(
+        name=row["name"], version=row["version"], payload_schema_json=row["payload_schema"]
     )
 
 

@@ -29,6 +29,7 @@ from aiki._core.models import (
     RunEvent,
     RunOutcome,
     RunStatus,
+    ServedVersion,
     TaskEnd,
     TaskStart,
     TimerReport,
@@ -49,6 +50,7 @@ from aiki.storage._records import (
     list_params,
     list_query_name,
     run_from_row,
+    served_version_from_row,
     task_end_data,
     task_end_kind,
     wait_data,
@@ -466,24 +468,30 @@ class SqliteOperations:
         self,
         conn: sqlite3.Connection,
         worker_id: WorkerId,
-        workflows: Sequence[WorkflowKey],
+        versions: Sequence[ServedVersion],
         lease_ms: int,
     ) -> None:
         """See `Storage.register_worker`."""
         now = self._clock.now_ms()
-        keys = list(dict.fromkeys(workflows))
+        served = {version.key: version for version in versions}
         conn.execute(
             Q["upsert_worker"],
             {
                 "id": worker_id,
-                "workflows": workflow_keys_json(keys),
+                "workflows": workflow_keys_json(list(served)),
                 "now": now,
                 "alive_until": now + lease_ms,
             },
         )
-        for key in keys:
+        for version in served.values():
             conn.execute(
-                Q["insert_workflow"], {"name": key.name, "version": key.version, "now": now}
+                Q["register_workflow"],
+                {
+                    "name": version.name,
+                    "version": version.version,
+                    "now": now,
+                    "payload_schema": version.payload_schema_json,
+                },
             )
 
     @_writes
@@ -497,9 +505,10 @@ class SqliteOperations:
         return live_workers(conn, self._clock.now_ms())
 
     @_reads
-    def workflow_versions(self, conn: sqlite3.Connection, name: str) -> list[str]:
-        """See `Storage.workflow_versions`."""
-        return [row["version"] for row in conn.execute(Q["workflow_versions"], {"name": name})]
+    def served_versions(self, conn: sqlite3.Connection, name: str) -> list[ServedVersion]:
+        """See `Storage.served_versions`."""
+        rows = conn.execute(Q["served_versions"], {"name": name})
+        return [served_version_from_row(row) for row in rows]
 
     @_reads
     def list_workflows(self, conn: sqlite3.Connection) -> list[WorkflowSummary]:

@@ -75,7 +75,7 @@ class Worker:
                 f"worker {self.id!r} has no workflows: call worker.registry.add(...) first"
             )
         await self._api.register_worker(
-            self.id, self.registry.keys, self.run_config.effective_lease_ms
+            self.id, self.registry.served, self.run_config.effective_lease_ms
         )
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()

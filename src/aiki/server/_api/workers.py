@@ -48,7 +48,7 @@ FINISH = Codec(FinishBody)
 
 
 async def register_worker(call: Call) -> Response:
-    """Record the worker as alive for `lease_ms`, serving `workflows`."""
+    """Record the worker as alive for `lease_ms`, serving `workflows` (with their schemas)."""
     body = await call.body(REGISTER)
     await call.api.register_worker(WorkerId(body.worker_id), list(body.workflows), body.lease_ms)
     return no_content()

@@ -512,10 +512,13 @@ worker AS (
     SET workflows = excluded.workflows, last_seen = excluded.last_seen,
         alive_until = excluded.alive_until
 )
-INSERT INTO workflows (name, version, first_seen)
-SELECT k.name, k.version, clock.now
-FROM unnest(:names::text[], :versions::text[]) AS k(name, version), clock
-ON CONFLICT DO NOTHING;
+INSERT INTO workflows (name, version, first_seen, registered_at, payload_schema)
+SELECT k.name, k.version, clock.now, clock.now, k.payload_schema
+FROM unnest(:names::text[], :versions::text[], :schemas::text[]) AS k(name, version, payload_schema),
+    clock
+ON CONFLICT (name, version) DO UPDATE
+SET registered_at = coalesce(workflows.registered_at, excluded.registered_at),
+    payload_schema = excluded.payload_schema;
 
 -- name: unregister_worker
 UPDATE workers SET alive_until = LEAST(alive_until, aiki_now_ms(:now)) WHERE id = :id;
@@ -525,8 +528,10 @@ SELECT id, workflows, last_seen, alive_until, alive_until > aiki_now_ms(:now) AS
 FROM workers
 ORDER BY id;
 
--- name: workflow_versions
-SELECT version FROM workflows WHERE name = :name ORDER BY version;
+-- name: served_versions
+SELECT name, version, payload_schema FROM workflows
+WHERE name = :name AND registered_at IS NOT NULL
+ORDER BY version;
 
 -- name: list_workflows
 -- One row per workflow version: its run counts by state and its live workers, in id order.

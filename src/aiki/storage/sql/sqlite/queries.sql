@@ -114,8 +114,17 @@ SELECT id, workflows, last_seen, alive_until, alive_until > :now AS alive
 FROM workers
 ORDER BY id;
 
--- name: workflow_versions
-SELECT version FROM workflows WHERE name = :name ORDER BY version;
+-- name: register_workflow
+INSERT INTO workflows (name, version, first_seen, registered_at, payload_schema)
+VALUES (:name, :version, :now, :now, :payload_schema)
+ON CONFLICT (name, version) DO UPDATE
+SET registered_at = coalesce(workflows.registered_at, excluded.registered_at),
+    payload_schema = excluded.payload_schema;
+
+-- name: served_versions
+SELECT name, version, payload_schema FROM workflows
+WHERE name = :name AND registered_at IS NOT NULL
+ORDER BY version;
 
 -- name: list_workflows
 SELECT name, version FROM workflows ORDER BY name, version;
