@@ -30,7 +30,11 @@ def listen(host: str, port: int) -> socket.socket:
         click.ClickException: the address cannot be bound, e.g. the port is in use.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets
+    # that say they are TCP, and accepted connections inherit the listener's proto. Without it
+    # uvicorn's two writes per reply (head, then body) meet the client's delayed ACK, a ~40 ms
+    # stall on many replies under load.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         sock.bind((host, port))
