@@ -19,12 +19,13 @@ _RAW = Decoder(Any)
 class RunHandle(Generic[R]):
     """A reference to one workflow run: its status, history, result, events and cancellation."""
 
-    __slots__ = ("_api", "_result", "id")
+    __slots__ = ("_api", "_final", "_result", "id")
 
     def __init__(self, api: EngineApi, run_id: RunId, *, result: Decoder | None = None) -> None:
         self.id = run_id
         self._api = api
         self._result = result or _RAW
+        self._final: RunStatus | None = None  # once the run has ended, its end is kept
 
     async def get_status(self) -> RunStatus:
         """The run's current status.
@@ -53,7 +54,9 @@ class RunHandle(Generic[R]):
         """
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0, got {timeout}")
-        status = await self._api.wait(self.id, timeout)
+        status = self._final or await self._api.wait(self.id, timeout)
+        if status.state.is_final:
+            self._final = status
         if status.state is RunState.COMPLETED:
             result: R = self._result.decode_json(status.result_json)
             return result

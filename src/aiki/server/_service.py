@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -60,6 +61,8 @@ T = TypeVar("T")
 # While a long-poll waits, storage is read again this often even without a wake-up, so a
 # change made by another server process is seen even when the queue dropped the news.
 _WAIT_RECHECK_S = 5.0
+# How many recently ended runs' final status are kept for `wait` (about 1 KiB each).
+_RECENT_FINAL_RUNS = 10_000
 # A worker that has not polled this server for so long is served by another one (or gone):
 # cancel requests for it, heard from other servers, are not kept here.
 _QUIET_WORKER_S = 300.0
@@ -83,6 +86,11 @@ class Service:
         # The final status of a run that ended on this server, kept while clients wait for
         # it: they need not read it back from storage.
         self._final: dict[RunId, RunStatus] = {}
+        # The final status of the runs that ended here most recently, oldest first: a client
+        # awaiting many handles of finished runs gets each without a storage read. A final
+        # status never changes; an operation that ever takes a run out of a final state must
+        # drop it from here (and tell the other servers).
+        self._recent_final: OrderedDict[RunId, RunStatus] = OrderedDict()
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
@@ -194,6 +202,9 @@ class Service:
     async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
+        recent = self._recent_final.get(run_id)
+        if recent is not None:
+            return recent
         while True:
             ticket = self._run_ended.ticket(run_id)
             try:
@@ -380,6 +391,9 @@ class Service:
     def _keep_final(self, status: RunStatus) -> None:
         if self._run_ended.has_holders(status.id):
             self._final[status.id] = status
+        self._recent_final[status.id] = status
+        if len(self._recent_final) > _RECENT_FINAL_RUNS:
+            self._recent_final.popitem(last=False)
 
     # --- timers -------------------------------------------------------------------------
 

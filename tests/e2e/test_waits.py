@@ -1,0 +1,64 @@
+"""Waiting for many runs costs little: a handle keeps its run's end, a server the recent ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import aiki
+from aiki._core.ids import RunId
+from aiki._core.models import RunStatus
+from aiki.examples import morning_routine
+from conftest import WorkerFactory
+
+
+async def test_a_handle_keeps_the_end_of_its_run(
+    client: aiki.Client, make_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_worker(morning_routine)
+    handle: aiki.RunHandle[Any] = await morning_routine.enqueue(client, payload={})
+    first = await handle.wait_for_completion(timeout=10)
+
+    asked: list[RunId] = []
+    api_wait = client.api.wait
+
+    async def counted(run_id: RunId, timeout_s: float | None) -> RunStatus:
+        asked.append(run_id)
+        return await api_wait(run_id, timeout_s)
+
+    monkeypatch.setattr(client.api, "wait", counted)
+    assert await handle.wait_for_completion(timeout=10) == first
+    assert asked == []
+    # Another handle on the same run has not seen its end yet: it asks once.
+    again: aiki.RunHandle[Any] = client.get_handle(handle.id)
+    assert await again.wait_for_completion(timeout=10) == first
+    assert asked == [handle.id]
+
+
+async def test_waiting_on_runs_that_ended_here_reads_nothing_from_storage(
+    srv: aiki.Server,
+    client: aiki.Client,
+    make_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await make_worker(morning_routine)
+    handles = [await morning_routine.enqueue(client, payload={"n": n}) for n in range(5)]
+    for handle in handles:  # the runs end while nobody waits for them
+        status = await handle.get_status()
+        while not status.state.is_final:
+            status = await srv.service.wait(handle.id, timeout_s=10)
+
+    reads: list[RunId] = []
+    storage = srv.service._storage  # the real storage, its reads counted
+    get_run = storage.get_run
+
+    async def counted(run_id: RunId) -> RunStatus | None:
+        reads.append(run_id)
+        return await get_run(run_id)
+
+    monkeypatch.setattr(storage, "get_run", counted)
+    fresh = [client.get_handle(h.id) for h in handles]
+    results = [await h.wait_for_completion(timeout=10) for h in fresh]
+    assert results == [{"alarm_result": "Wake up!", "stretch_result": 300}] * 5
+    assert reads == []
