@@ -32,14 +32,15 @@ class SubscriberConfig:
     Attributes:
         poll_interval_ms: While no work comes, how often storage is looked at again in case a
             wake-up was missed. New runs normally reach an idle worker at once (long-poll).
-        max_batch_size: Most runs taken in one claim.
+        max_batch_size: Most runs taken in one claim; None (the default) takes as many as the
+            worker has free slots, so a worker that has room fills it in one claim.
         max_retry_delay_ms: Longest pause between tries while the server cannot be reached.
         long_poll_ms: How long one request for work may wait on the server before it returns
             empty.
     """
 
     poll_interval_ms: int = 100
-    max_batch_size: int = 10
+    max_batch_size: int | None = None
     max_retry_delay_ms: int = 30_000
     long_poll_ms: int = 20_000
 

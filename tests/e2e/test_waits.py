@@ -8,9 +8,10 @@ import pytest
 
 import aiki
 from aiki._core.ids import RunId
-from aiki._core.models import RunStatus
+from aiki._core.models import PollReply, PollRequest, RunStatus
 from aiki.examples import morning_routine
 from conftest import WorkerFactory
+from helpers import until
 
 
 async def test_a_handle_keeps_the_end_of_its_run(
@@ -62,3 +63,27 @@ async def test_waiting_on_runs_that_ended_here_reads_nothing_from_storage(
     results = [await h.wait_for_completion(timeout=10) for h in fresh]
     assert results == [{"alarm_result": "Wake up!", "stretch_result": 300}] * 5
     assert reads == []
+
+
+async def test_a_worker_asks_for_as_many_runs_as_it_has_free_slots(
+    client: aiki.Client, make_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    api_poll = client.api.poll
+
+    async def counted(request: PollRequest) -> PollReply:
+        asked.append(request.capacity)
+        return await api_poll(request)
+
+    monkeypatch.setattr(client.api, "poll", counted)
+    await make_worker(morning_routine, max_concurrent_workflow_runs=40)
+    await until(lambda: len(asked) == 1)
+    assert asked[0] == 40  # not a fixed batch: the whole free capacity, in one claim
+    limited = await make_worker(
+        morning_routine,
+        max_concurrent_workflow_runs=40,
+        workflow_run_subscriber=aiki.SubscriberConfig(max_batch_size=7),
+    )
+    assert limited.subscriber_config.max_batch_size == 7
+    await until(lambda: 7 in asked)
+    assert set(asked) == {7, 40}

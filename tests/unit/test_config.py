@@ -14,7 +14,7 @@ def test_subscriber_defaults() -> None:
     config = SubscriberConfig()
     assert (config.poll_interval_ms, config.max_batch_size, config.max_retry_delay_ms) == (
         100,
-        10,
+        None,
         30_000,
     )
 

@@ -105,11 +105,11 @@ def _registry_of(target: object, spec: str) -> aiki.Registry:
 )
 @click.option(
     "--batch",
-    default=_SUBSCRIBER.max_batch_size,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
     envvar="AIKI_BATCH",
-    help="Most runs taken in one claim [env: AIKI_BATCH].",
+    help="Most runs taken in one claim; by default as many as there are free slots "
+    "[env: AIKI_BATCH].",
 )
 @click.option(
     "--poll-interval-ms",
@@ -137,7 +137,7 @@ def worker_command(
     concurrency: int,
     heartbeat_ms: int,
     grace_ms: int,
-    batch: int,
+    batch: int | None,
     poll_interval_ms: int,
     max_retry_delay_ms: int,
 ) -> None:

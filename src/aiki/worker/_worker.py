@@ -146,9 +146,9 @@ class Worker:
         poll: asyncio.Future[PollReply] | None = None
         try:
             while not self._stopping.is_set():
-                capacity = min(
-                    self.max_concurrent_workflow_runs - len(self._active), config.max_batch_size
-                )
+                capacity = self.max_concurrent_workflow_runs - len(self._active)
+                if config.max_batch_size is not None:
+                    capacity = min(capacity, config.max_batch_size)
                 self._slot_freed.clear()
                 poll = asyncio.ensure_future(self._api.poll(self._poll_request(capacity)))
                 waits: list[asyncio.Future[Any]] = [poll, stopping]
