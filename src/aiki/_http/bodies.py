@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
+from aiki._core.ids import RunId
 from aiki._core.models import (
     Count,
     HistoryEvent,
@@ -28,6 +29,7 @@ from aiki._core.models import (
     WorkflowSummary,
 )
 from aiki._core.states import RunState
+from aiki._http.errors import ErrorBody
 
 # --- applications --------------------------------------------------------------------------
 
@@ -206,3 +208,55 @@ class HealthBody:
     """`GET /health`."""
 
     status: Literal["ok"] = "ok"
+
+
+# --- batched reports -----------------------------------------------------------------------
+
+# Most reports one request carries; the worker's batcher sends fewer.
+MAX_REPORTS = 1_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Report:
+    """One leased write of a batch: the run, its lease revision, and exactly one write.
+
+    `start_task`, `finish_task`, `suspend` and `finish` are the bodies of the single
+    endpoints; `release` hands the run back.
+    """
+
+    run_id: Name
+    revision: Count
+    start_task: TaskStart | None = None
+    finish_task: TaskEnd | None = None
+    suspend: WaitInfo | None = None
+    finish: RunOutcome | None = None
+    release: bool = False
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(run_id=RunId(self.run_id), revision=self.revision)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportsBody:
+    """`POST /v1/workers/reports`: a worker's writes, applied in order for each run."""
+
+    reports: Annotated[tuple[Report, ...], Meta(min_length=1, max_length=MAX_REPORTS)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportAnswer:
+    """One report's answer: its error, or whether the run's cancellation was asked for.
+
+    A lost lease fails that report only; `cancel_requested` answers a task's end.
+    """
+
+    cancel_requested: bool = False
+    error: ErrorBody | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportsReply:
+    """An answer per report, in the order of the reports."""
+
+    answers: tuple[ReportAnswer, ...]

@@ -48,25 +48,24 @@ from aiki._core.states import RunState
 from aiki._http.bodies import (
     CancelBody,
     EventSentBody,
-    FinishBody,
-    FinishTaskBody,
-    FinishTaskReply,
     HeartbeatBody,
     HistoryBody,
     NextEventBody,
     NextEventReply,
     RegisterWorkerBody,
-    ReleaseBody,
+    Report,
+    ReportAnswer,
+    ReportsBody,
+    ReportsReply,
     RunPage,
     SendEventBody,
-    StartTaskBody,
-    SuspendBody,
     UnregisterWorkerBody,
     WorkersBody,
     WorkflowsBody,
 )
 from aiki._http.codec import BodyError, Codec, encode
-from aiki._http.errors import exception_of, read_error
+from aiki._http.errors import ErrorBody, exception_of, read_error
+from aiki.client._reports import ReportBatcher
 from aiki.client._transport import (
     AiohttpTransport,
     HttpTransport,
@@ -98,7 +97,7 @@ _WORKERS = Codec(WorkersBody)
 _WORKFLOWS = Codec(WorkflowsBody)
 _POLL_REPLY = Codec(PollReply)
 _HEARTBEAT_REPLY = Codec(HeartbeatReply)
-_FINISH_TASK_REPLY = Codec(FinishTaskReply)
+_REPORTS_REPLY = Codec(ReportsReply)
 _EVENT_SENT = Codec(EventSentBody)
 _NEXT_EVENT_REPLY = Codec(NextEventReply)
 
@@ -158,9 +157,11 @@ class HttpApi:
             self._headers["authorization"] = f"Bearer {api_key}"
         self._body_headers = {**self._headers, "content-type": "application/json"}
         self._http: HttpTransport = transport or AiohttpTransport()
+        self._reports = ReportBatcher(self._send_reports)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
+        await self._reports.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> HttpApi:
@@ -405,18 +406,31 @@ class HttpApi:
             _HEARTBEAT_REPLY, "POST", "/v1/workers/heartbeat", body=request, idempotent=True
         )
 
-    async def _leased_write(self, lease: Lease, suffix: str, body: object) -> None:
-        """A worker write to its run; storage applies it once however often it is sent."""
-        await self._call_no_reply(
+    async def _report(self, report: Report) -> ReportAnswer:
+        """A leased write, sent with the others waiting (see `ReportBatcher`)."""
+        answer = await self._reports.submit(report)
+        if answer.error is not None:
+            raise _error_of(answer.error, report.run_id)
+        return answer
+
+    async def _send_reports(self, reports: tuple[Report, ...]) -> tuple[ReportAnswer, ...]:
+        # Storage applies each write once however often it is sent: the batch may go again.
+        reply = await self._call(
+            _REPORTS_REPLY,
             "POST",
-            _run_path(lease.run_id, suffix),
-            body=body,
+            "/v1/workers/reports",
+            body=ReportsBody(reports=reports),
             idempotent=True,
-            run_id=lease.run_id,
         )
+        if len(reply.answers) != len(reports):
+            raise ClientError(
+                f"POST {self.url}/v1/workers/reports: {len(reply.answers)} answers "
+                f"for {len(reports)} reports"
+            )
+        return reply.answers
 
     async def _leased_call(self, codec: Codec[T], lease: Lease, suffix: str, body: object) -> T:
-        """`_leased_write` with a reply: a write applied once, or a read."""
+        """A leased read (or a write with a reply of its own), in a request of its own."""
         return await self._call(
             codec,
             "POST",
@@ -428,14 +442,12 @@ class HttpApi:
 
     async def start_task(self, lease: Lease, start: TaskStart) -> None:
         """See `EngineApi.start_task`."""
-        body = StartTaskBody(revision=lease.revision, start=start)
-        await self._leased_write(lease, "/tasks/start", body)
+        await self._report(Report(run_id=lease.run_id, revision=lease.revision, start_task=start))
 
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
         """See `EngineApi.finish_task`."""
-        request = FinishTaskBody(revision=lease.revision, end=end)
-        body = await self._leased_call(_FINISH_TASK_REPLY, lease, "/tasks/finish", request)
-        return body.cancel_requested
+        report = Report(run_id=lease.run_id, revision=lease.revision, finish_task=end)
+        return (await self._report(report)).cancel_requested
 
     async def next_event(self, lease: Lease, name: str, after_seq: int) -> RunEvent | None:
         """See `EngineApi.next_event`."""
@@ -445,18 +457,15 @@ class HttpApi:
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         """See `EngineApi.suspend`."""
-        body = SuspendBody(revision=lease.revision, wait=wait)
-        await self._leased_write(lease, "/suspend", body)
+        await self._report(Report(run_id=lease.run_id, revision=lease.revision, suspend=wait))
 
     async def release(self, lease: Lease) -> None:
         """See `EngineApi.release`."""
-        body = ReleaseBody(revision=lease.revision)
-        await self._leased_write(lease, "/release", body)
+        await self._report(Report(run_id=lease.run_id, revision=lease.revision, release=True))
 
     async def finish(self, lease: Lease, outcome: RunOutcome) -> None:
         """See `EngineApi.finish`."""
-        body = FinishBody(revision=lease.revision, outcome=outcome)
-        await self._leased_write(lease, "/finish", body)
+        await self._report(Report(run_id=lease.run_id, revision=lease.revision, finish=outcome))
 
 
 def _is_ours(response: Reply) -> bool:
@@ -474,6 +483,10 @@ def _error(response: Reply, run_id: str | None) -> Exception:
     if body is None:
         text = response.text[:200]
         return ClientError(f"HTTP {response.status} from {response.url}: {text}")
+    return _error_of(body, run_id)
+
+
+def _error_of(body: ErrorBody, run_id: str | None) -> Exception:
     if body.code == "not_found" and run_id is not None:
         # No route matched: a run id no run can have (e.g. one holding "/").
         return RunNotFoundError(run_id)

@@ -64,8 +64,7 @@ class TaskAttempts:
             if not isinstance(outcome, _Retry):
                 return outcome
             if outcome.delay_ms > self._config.max_inline_retry_delay_ms:
-                wake = self._clock.storage_now_ms() + outcome.delay_ms
-                await self._scheduler.park(WaitKind.RETRY, wake, task.name)
+                await self._scheduler.park(WaitKind.RETRY, outcome.wake_ms, task.name)
             else:
                 await self._clock.worker.sleep_ms(outcome.delay_ms)
             attempt += 1
@@ -121,11 +120,14 @@ class TaskAttempts:
             end = self._end(address, attempt, timing, TaskOutcome.FAILED, error=error)
             await self._writes.finish_task(end)
             raise TaskFailedError(task_name=task.name, attempts=attempt, error=error) from exc
+        # The backoff counts from the failure, not from when its write was answered: how long
+        # the write took (a batch on its way, a slow server) must not push the retry later.
+        wake_ms = self._clock.storage_now_ms() + delay
         end = self._end(
             address, attempt, timing, TaskOutcome.RETRYING, error=error, retry_delay_ms=delay
         )
         await self._writes.finish_task(end)
-        return _Retry(delay)
+        return _Retry(delay, wake_ms)
 
     def _end(
         self,
@@ -207,10 +209,11 @@ class _Timing:
 
 
 class _Retry:
-    __slots__ = ("delay_ms",)
+    __slots__ = ("delay_ms", "wake_ms")
 
-    def __init__(self, delay_ms: int) -> None:
+    def __init__(self, delay_ms: int, wake_ms: int) -> None:
         self.delay_ms = delay_ms
+        self.wake_ms = wake_ms  # storage clock
 
 
 def _retry_delay(task: Task[Any, Any], attempt: int, exc: Exception) -> int | None:

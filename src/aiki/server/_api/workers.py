@@ -6,6 +6,7 @@ with `lease_lost` and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import replace
 
@@ -23,12 +24,17 @@ from aiki._http.bodies import (
     NextEventReply,
     RegisterWorkerBody,
     ReleaseBody,
+    Report,
+    ReportAnswer,
+    ReportsBody,
+    ReportsReply,
     StartTaskBody,
     SuspendBody,
     UnregisterWorkerBody,
 )
 from aiki._http.codec import Codec
-from aiki.errors import AikiError
+from aiki._http.errors import ErrorBody, error_reply
+from aiki.errors import AikiError, InvalidRequestError
 from aiki.server._api._base import Call, ClientGoneError, Endpoint, json_response, no_content
 
 REGISTER = Codec(RegisterWorkerBody)
@@ -45,6 +51,8 @@ NEXT_EVENT = Codec(NextEventBody)
 NEXT_EVENT_REPLY = Codec(NextEventReply)
 RELEASE = Codec(ReleaseBody)
 FINISH = Codec(FinishBody)
+REPORTS = Codec(ReportsBody)
+REPORTS_REPLY = Codec(ReportsReply)
 
 
 async def register_worker(call: Call) -> Response:
@@ -137,9 +145,83 @@ async def finish(call: Call) -> Response:
     return no_content()
 
 
+async def reports(call: Call) -> Response:
+    """Apply a batch of leased writes: each run's in the order sent, the runs side by side.
+
+    Each report gets its own answer: a lease lost for one run fails that report, not the
+    batch. The writes of many runs meet in the storage batcher, which commits them together.
+    """
+    body = await call.body(REPORTS)
+    by_run: dict[str, list[int]] = {}
+    for i, report in enumerate(body.reports):
+        _check_one_write(report, i)
+        by_run.setdefault(report.run_id, []).append(i)
+    answers: list[ReportAnswer] = [_NO_ANSWER] * len(body.reports)
+
+    async def apply_in_order(indexes: list[int]) -> None:
+        for i in indexes:
+            answers[i] = await _apply(call.api, body.reports[i])
+
+    await asyncio.gather(*(apply_in_order(indexes) for indexes in by_run.values()))
+    return json_response(ReportsReply(answers=tuple(answers)))
+
+
+_NO_ANSWER = ReportAnswer()
+
+
+def _check_one_write(report: Report, index: int) -> None:
+    writes = (
+        report.start_task is not None,
+        report.finish_task is not None,
+        report.suspend is not None,
+        report.finish is not None,
+        report.release,
+    )
+    if sum(writes) != 1:
+        raise InvalidRequestError(
+            f"reports[{index}] must hold exactly one of start_task, finish_task, suspend, "
+            f"finish or release (it holds {sum(writes)})",
+            field=f"reports[{index}]",
+        )
+
+
+async def _apply(api: EngineApi, report: Report) -> ReportAnswer:
+    lease = report.lease
+    try:
+        if report.finish_task is not None:
+            return ReportAnswer(cancel_requested=await api.finish_task(lease, report.finish_task))
+        if report.start_task is not None:
+            await api.start_task(lease, report.start_task)
+        elif report.suspend is not None:
+            await api.suspend(lease, report.suspend)
+        elif report.finish is not None:
+            await api.finish(lease, report.finish)
+        else:
+            await api.release(lease)
+    except AikiError as exc:
+        reply = error_reply(exc)
+        if reply is None:
+            raise
+        return ReportAnswer(error=ErrorBody(**reply[1]))
+    return _NO_ANSWER
+
+
 _LEASED = ("run_not_found", "lease_lost", "illegal_transition")
 
 ENDPOINTS = (
+    Endpoint(
+        method="POST",
+        path="/v1/workers/reports",
+        name="reports",
+        summary=(
+            "Apply a batch of leased writes (task starts and ends, suspensions, run ends, "
+            "hand-backs), each run's in order; one answer per report"
+        ),
+        handler=reports,
+        body=REPORTS,
+        reply=REPORTS_REPLY,
+        tag="workers",
+    ),
     Endpoint(
         method="POST",
         path="/v1/workers/register",
