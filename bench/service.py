@@ -32,12 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _counting_server import COUNTS_PATH
 from _two_tasks import TASKS_PER_RUN, two_tasks
 
 import aiki
@@ -113,14 +115,14 @@ class Service:
     workers: list[Child] = field(default_factory=list)
     url: str = ""
 
-    def _start(self, name: str, args: Sequence[str]) -> Child:
+    def _start(self, name: str, args: Sequence[str], program: Sequence[str] = ()) -> Child:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIKI_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         log = self.folder / f"{name}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [self.command, *args],
+                [*(program or [self.command]), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -136,7 +138,9 @@ class Service:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         command = ["server", "--storage", storage, "--host", "127.0.0.1", "--port", str(port)]
-        self.server = self._start("server", [*command, *server_args])
+        # `aiki server` with each request counted (bench/_counting_server.py).
+        counting = [sys.executable, str(BENCH / "_counting_server.py")]
+        self.server = self._start("server", [*command, *server_args], counting)
         self._wait_healthy()
         for i in range(workers):
             args = ["worker", "_two_tasks:two_tasks", "--server", self.url, "--id", f"bench-{i}"]
@@ -166,6 +170,12 @@ class Service:
     def _check_alive(child: Child, deadline: float) -> None:
         if child.popen.poll() is not None or time.monotonic() > deadline:
             sys.exit(f"{child.name} did not start:\n{child.output()}")
+
+    def requests(self) -> Counter[str]:
+        """HTTP requests the server has answered so far, by route."""
+        reply = httpx.get(f"{self.url}{COUNTS_PATH}", timeout=5.0)
+        reply.raise_for_status()
+        return Counter(reply.json())
 
     def cpu(self) -> Cpu:
         assert self.server is not None
@@ -223,6 +233,7 @@ class Throughput:
     latencies_ms: list[float]
     not_completed: dict[str, int]
     cpu: Cpu
+    requests: Counter[str]
 
 
 @dataclass
@@ -231,6 +242,7 @@ class Latency:
     # Mean time of each step of one run, in ms, from the clocks of client and storage.
     steps_ms: dict[str, float]
     cpu: Cpu
+    requests: Counter[str]
 
 
 async def _statuses(client: aiki.Client) -> dict[str, aiki.RunStatus]:
@@ -257,7 +269,7 @@ async def throughput(client: aiki.Client, service: Service, args: Any) -> Throug
         handle = await two_tasks.enqueue(client, payload={"i": i})
         return handle.id, start
 
-    cpu_before = service.cpu()
+    cpu_before, requests_before = service.cpu(), service.requests()
     starts: dict[str, float] = {}
     last_id = ""
     for low in range(0, args.runs, args.chunk):
@@ -274,6 +286,7 @@ async def throughput(client: aiki.Client, service: Service, args: Any) -> Throug
         for run_id in pending:
             await _settled(client.get_handle(run_id), args.timeout)
         cpu_used = service.cpu() - cpu_before  # before the reads that check the end
+        requests = service.requests() - requests_before
         ended = await _statuses(client)
         pending = [run_id for run_id in starts if not ended[run_id].state.is_final]
     not_completed: dict[str, int] = {}
@@ -290,6 +303,7 @@ async def throughput(client: aiki.Client, service: Service, args: Any) -> Throug
         latencies_ms=[ends[run_id] - start for run_id, start in starts.items()],
         not_completed=not_completed,
         cpu=cpu_used,
+        requests=requests,
     )
 
 
@@ -307,7 +321,7 @@ async def latency(client: aiki.Client, service: Service, args: Any) -> Latency:
     cpu_before = service.cpu()
     for i in range(args.warmup + args.latency_runs):
         if i == args.warmup:
-            cpu_before = service.cpu()
+            cpu_before, requests_before = service.cpu(), service.requests()
         start_wall, start = wall_ms(), time.perf_counter()
         handle = await two_tasks.enqueue(client, payload={"i": -1 - i})
         enqueued_wall = wall_ms()
@@ -317,7 +331,9 @@ async def latency(client: aiki.Client, service: Service, args: Any) -> Latency:
             samples.append(elapsed * 1000)
             timed.append(_Timed(handle.id, start_wall, enqueued_wall, wall_ms()))
     cpu_used = service.cpu() - cpu_before
-    return Latency(samples_ms=samples, steps_ms=await _steps(client, timed), cpu=cpu_used)
+    requests = service.requests() - requests_before
+    steps = await _steps(client, timed)
+    return Latency(samples_ms=samples, steps_ms=steps, cpu=cpu_used, requests=requests)
 
 
 async def _steps(client: aiki.Client, timed: list[_Timed]) -> dict[str, float]:
@@ -354,6 +370,14 @@ def _cpu_rows(cpu: Cpu, runs: int, workers: int) -> list[tuple[str, str]]:
     ]
 
 
+def _request_rows(requests: Counter[str], runs: int) -> list[tuple[str, str]]:
+    """HTTP requests per workflow, in all and by route (client, workers and all)."""
+    rows = [("HTTP requests / workflow", f"{sum(requests.values()) / runs:.2f} (all processes)")]
+    for route, n in requests.most_common():
+        rows.append((f"  {route}", f"{n / runs:.2f}"))
+    return rows
+
+
 def report_throughput(result: Throughput, args: Any) -> list[tuple[str, str]]:
     lat = result.latencies_ms
     rows = [
@@ -371,6 +395,7 @@ def report_throughput(result: Throughput, args: Any) -> list[tuple[str, str]]:
         ),
         *_cpu_rows(result.cpu, result.runs, args.workers),
         ("CPU busy", f"{result.cpu.total / result.elapsed_s:.0%} of one core"),
+        *_request_rows(result.requests, result.runs),
     ]
     if result.not_completed:
         rows.append(
@@ -390,6 +415,7 @@ def report_latency(result: Latency, args: Any) -> list[tuple[str, str]]:
         ("where it goes (means)", ""),
         *((f"  {name}", f"{ms:.2f} ms") for name, ms in result.steps_ms.items()),
         *_cpu_rows(result.cpu, len(lat), args.workers),
+        *_request_rows(result.requests, len(lat)),
     ]
 
 
