@@ -232,8 +232,11 @@ class Worker:
                 "worker %s: run %s broke off; its lease will expire", self.id, execution.run_id
             )
         finally:
-            self._active.pop(execution.run_id, None)
-            self._run_tasks.pop(execution.run_id, None)
+            # The run may have been claimed again already (it suspended, was woken and came
+            # back here while this execution wound down): then the entries are the new one's.
+            if self._active.get(execution.run_id) is execution:
+                del self._active[execution.run_id]
+                self._run_tasks.pop(execution.run_id, None)
             if self._slot_freed is not None:
                 self._slot_freed.set()
 
