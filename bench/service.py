@@ -344,13 +344,18 @@ async def _steps(client: aiki.Client, timed: list[_Timed]) -> dict[str, float]:
     """
     steps: dict[str, list[float]] = {}
     for t in timed:
-        at = {e.kind.value: e.at_ms for e in await client.get_handle(t.run_id).get_history()}
+        history = await client.get_handle(t.run_id).get_history()
+        at = {e.kind.value: e.at_ms for e in history}
         stored, claimed, completed = at["run_enqueued"], at["run_claimed"], at["run_completed"]
+        first, second = (e.at_ms for e in history if e.kind.value == "task_completed")
         for name, value in (
             ("enqueue call (client -> server -> client)", t.enqueued_ms - t.start_ms),
             ("  client -> run stored", stored - t.start_ms),
             ("run stored -> claimed by a worker", claimed - stored),
             ("claimed -> completed (2 tasks, on the worker)", completed - claimed),
+            ("  claimed -> first task's end stored", first - claimed),
+            ("  first task's end -> second's", second - first),
+            ("  second task's end -> run completed", completed - second),
             ("completed -> wait_for_completion() returns", t.done_ms - completed),
         ):
             steps.setdefault(name, []).append(value)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiki
+from aiki.client._http import HttpApi
 from conftest import WorkerFactory
 from helpers import eventually
 
@@ -45,13 +46,16 @@ async def test_a_waiter_gets_the_final_status_without_reading_it_back(
     reads = CountingReads(srv)
     waiters = [asyncio.ensure_future(handle.wait_for_completion(timeout=10)) for _ in range(3)]
 
+    # Over HTTP the three waits of one client share one request, which reads the run once.
+    expected_reads = 1 if isinstance(client.api, HttpApi) else 3
+
     async def all_waiting() -> bool:
-        return reads.count >= 3
+        return reads.count >= expected_reads
 
     await eventually(all_waiting)
     release.set()
     assert await asyncio.gather(*waiters) == ["done"] * 3
-    assert reads.count == 3, "each waiter read the run once, before it ended"
+    assert reads.count == expected_reads, "each wait read the run once, before it ended"
 
 
 async def test_a_worker_between_runs_does_not_claim_again_until_news_comes(

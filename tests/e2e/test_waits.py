@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
+import httpx
 import pytest
 
 import aiki
+from _httpx_transport import HttpxTransport
 from aiki._core.ids import RunId
-from aiki._core.models import PollReply, PollRequest, RunStatus
+from aiki._core.models import NewRun, PollReply, PollRequest, RunsEnded, RunStatus
+from aiki.client._http import HttpApi
+from aiki.client._waits import SharedWaits
 from aiki.examples import morning_routine
 from conftest import WorkerFactory
 from helpers import until
@@ -87,3 +93,52 @@ async def test_a_worker_asks_for_as_many_runs_as_it_has_free_slots(
     assert limited.subscriber_config.max_batch_size == 7
     await until(lambda: 7 in asked)
     assert set(asked) == {7, 40}
+
+
+async def test_many_waits_of_one_http_client_share_one_long_poll(srv: aiki.Server) -> None:
+    transport = HttpxTransport(httpx.ASGITransport(app=srv.app))
+    async with await aiki.create_client(url="http://aiki.test", _transport=transport) as client:
+        assert isinstance(client.api, HttpApi)
+        asked: list[int] = []
+        wait_any = client.api.wait_any
+
+        async def counted(run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
+            asked.append(len(run_ids))
+            return await wait_any(run_ids, timeout_s)
+
+        client.api._waits = SharedWaits(counted, cap_s=25.0, max_runs=1_000)
+        worker = await aiki.worker(client, id="w-shared", max_concurrent_workflow_runs=30)
+        worker.registry.add(morning_routine)
+        handles = [
+            await morning_routine.enqueue(client, payload={"n": n}, allow_unknown=True)
+            for n in range(30)
+        ]
+        results = asyncio.gather(*(h.wait_for_completion(timeout=10) for h in handles))
+        await until(lambda: len(asked) == 1)
+        assert asked == [30], "the 30 waits begun together went in one request"
+        async with worker:
+            assert await results == [{"alarm_result": "Wake up!", "stretch_result": 300}] * 30
+        # Runs end one by one: each answer settles those ended and the rest wait again.
+        assert sum(asked) < 30 * 30
+        with pytest.raises(aiki.RunNotFoundError):
+            await client.get_handle("no-such-run").wait_for_completion(timeout=1)
+
+
+async def test_wait_any_answers_with_the_runs_ended_and_the_ids_no_run_has(
+    srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    await make_worker(morning_routine)
+    done = await morning_routine.enqueue(client, payload={})
+    await done.wait_for_completion(timeout=10)
+    never = await client.enqueue(
+        NewRun(workflow="unserved", version="1", payload_json="{}", allow_unknown=True)
+    )
+
+    answer = await client.api.wait_any([never.id, done.id], 10)
+    assert [s.id for s in answer.ended] == [done.id] and answer.missing == ()
+    assert await client.api.wait_any([never.id, RunId("nope")], 10) == RunsEnded(
+        missing=(RunId("nope"),)
+    )
+    assert await client.api.wait_any([never.id], 0) == RunsEnded()
+    with pytest.raises(aiki.RunNotFoundError):
+        await client.get_handle("nope").wait_for_completion(timeout=0)

@@ -22,6 +22,7 @@ from aiki._core.models import (
     PollRequest,
     RunEvent,
     RunOutcome,
+    RunsEnded,
     RunStatus,
     ServedVersion,
     TaskEnd,
@@ -42,6 +43,13 @@ class EngineApi(Protocol):
     async def get_history(self, run_id: RunId) -> list[HistoryEvent]: ...
     async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
         """The run's status once it is final, or when `timeout_s` passes, whichever is first."""
+        ...
+
+    async def wait_any(self, run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
+        """As soon as one of the runs is final (or names no run): those that are.
+
+        Nothing ended when `timeout_s` passes: empty. One request waits on many runs.
+        """
         ...
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus: ...

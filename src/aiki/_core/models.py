@@ -186,6 +186,14 @@ class NewRun:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RunsEnded:
+    """What a wait on many runs saw: the ones that had ended, and ids no run has."""
+
+    ended: tuple[RunStatus, ...] = ()
+    missing: tuple[RunId, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Enqueued:
     """The run an enqueue created (`created`) or, for a known idempotency key, found."""
 

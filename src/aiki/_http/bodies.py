@@ -58,6 +58,18 @@ class WaitQuery:
     timeout_s: Annotated[float, Meta(ge=0, le=1e9)] | None = None
 
 
+# Most runs one wait request may name.
+MAX_WAITED_RUNS = 1_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitAnyBody:
+    """`POST /v1/runs/wait-any`: the runs, and seconds to wait at most (capped per request)."""
+
+    run_ids: Annotated[tuple[Name, ...], Meta(min_length=1, max_length=MAX_WAITED_RUNS)]
+    timeout_s: Annotated[float, Meta(ge=0, le=1e9)]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelBody:
     """`POST /v1/runs/{run_id}/cancel`; the body may be empty."""

@@ -36,6 +36,7 @@ from aiki._core.models import (
     PollRequest,
     RunEvent,
     RunOutcome,
+    RunsEnded,
     RunStatus,
     ServedVersion,
     TaskEnd,
@@ -46,6 +47,7 @@ from aiki._core.models import (
 )
 from aiki._core.states import RunState
 from aiki._http.bodies import (
+    MAX_WAITED_RUNS,
     CancelBody,
     EventSentBody,
     HeartbeatBody,
@@ -60,6 +62,7 @@ from aiki._http.bodies import (
     RunPage,
     SendEventBody,
     UnregisterWorkerBody,
+    WaitAnyBody,
     WorkersBody,
     WorkflowsBody,
 )
@@ -73,6 +76,7 @@ from aiki.client._transport import (
     RequestFailedError,
     RequestNotSentError,
 )
+from aiki.client._waits import SharedWaits
 from aiki.errors import ClientError, ConfigError, RunNotFoundError, ServerUnavailableError
 
 _log = logging.getLogger("aiki.client")
@@ -98,6 +102,7 @@ _WORKFLOWS = Codec(WorkflowsBody)
 _POLL_REPLY = Codec(PollReply)
 _HEARTBEAT_REPLY = Codec(HeartbeatReply)
 _REPORTS_REPLY = Codec(ReportsReply)
+_RUNS_ENDED = Codec(RunsEnded)
 _EVENT_SENT = Codec(EventSentBody)
 _NEXT_EVENT_REPLY = Codec(NextEventReply)
 
@@ -158,10 +163,12 @@ class HttpApi:
         self._body_headers = {**self._headers, "content-type": "application/json"}
         self._http: HttpTransport = transport or AiohttpTransport()
         self._reports = ReportBatcher(self._send_reports)
+        self._waits = SharedWaits(self.wait_any, cap_s=_LONG_POLL_S, max_runs=MAX_WAITED_RUNS)
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
         await self._reports.aclose()
+        await self._waits.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> HttpApi:
@@ -298,23 +305,21 @@ class HttpApi:
         return list(body.events)
 
     async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
-        """See `EngineApi.wait`: long-polls, asking again until the run ends or time is up."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        while True:
-            step = _LONG_POLL_S if deadline is None else min(deadline - loop.time(), _LONG_POLL_S)
-            step = max(step, 0.0)
-            status = await self._call(
-                _RUN_STATUS,
-                "GET",
-                _run_path(run_id, "/wait"),
-                params={"timeout_s": round(step, 3)},
-                idempotent=True,
-                read_timeout=step + _LONG_POLL_GRACE_S,
-                run_id=run_id,
-            )
-            if status.state.is_final or (deadline is not None and loop.time() >= deadline):
-                return status
+        """See `EngineApi.wait`: shares a long-poll with this client's other waits."""
+        status = await self._waits.wait(run_id, timeout_s)
+        return status if status is not None else await self.get_status(run_id)
+
+    async def wait_any(self, run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
+        """See `EngineApi.wait_any`: one long-poll request (the server caps how long)."""
+        step = min(timeout_s, _LONG_POLL_S)
+        return await self._call(
+            _RUNS_ENDED,
+            "POST",
+            "/v1/runs/wait-any",
+            body=WaitAnyBody(run_ids=tuple(run_ids), timeout_s=round(step, 3)),
+            idempotent=True,
+            read_timeout=step + _LONG_POLL_GRACE_S,
+        )
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         """See `EngineApi.cancel`."""

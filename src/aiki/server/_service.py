@@ -28,6 +28,7 @@ from aiki._core.models import (
     PollRequest,
     RunEvent,
     RunOutcome,
+    RunsEnded,
     RunStatus,
     ServedVersion,
     TaskEnd,
@@ -229,6 +230,33 @@ class Service:
             finally:
                 if not self._run_ended.release(run_id):
                     self._final.pop(run_id, None)
+
+    async def wait_any(self, run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
+        # One wait per run, side by side: each reads storage once (or its end kept here) and
+        # then waits for the news of its end; the first end answers for all.
+        waits = {
+            asyncio.ensure_future(self.wait(run_id, timeout_s)): run_id
+            for run_id in dict.fromkeys(run_ids)
+        }
+        ended: list[RunStatus] = []
+        missing: list[RunId] = []
+        pending = set(waits)
+        try:
+            while pending and not (ended or missing):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for wait in done:
+                    try:
+                        status = wait.result()
+                    except RunNotFoundError:
+                        missing.append(waits[wait])
+                        continue
+                    if status.state.is_final:
+                        ended.append(status)
+        finally:
+            for wait in pending:
+                wait.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return RunsEnded(ended=tuple(ended), missing=tuple(missing))
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         status = await self._storage.cancel(run_id, reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.responses import Response
 
 from aiki._core.ids import RunId
-from aiki._core.models import Enqueued, NewEvent, NewRun, RunStatus
+from aiki._core.models import Enqueued, NewEvent, NewRun, RunsEnded, RunStatus
 from aiki._core.serde import canonical_json
 from aiki._http.bodies import (
     CancelBody,
@@ -14,6 +14,7 @@ from aiki._http.bodies import (
     ListRunsQuery,
     RunPage,
     SendEventBody,
+    WaitAnyBody,
     WaitQuery,
     WorkersBody,
     WorkflowsBody,
@@ -26,6 +27,8 @@ ENQUEUED = Codec(Enqueued)
 RUN_STATUS = Codec(RunStatus)
 HISTORY = Codec(HistoryBody)
 WAIT = Codec(WaitQuery)
+WAIT_ANY = Codec(WaitAnyBody)
+RUNS_ENDED = Codec(RunsEnded)
 CANCEL = Codec(CancelBody)
 SEND_EVENT = Codec(SendEventBody)
 EVENT_SENT = Codec(EventSentBody)
@@ -61,6 +64,15 @@ async def wait(call: Call) -> Response:
     timeout = cap if asked is None else min(asked, cap)
     status, _ = await call.long_poll(call.api.wait(run_id, timeout))
     return json_response(status)
+
+
+async def wait_any(call: Call) -> Response:
+    """Long-poll on many runs: as soon as one has ended (or names no run), those that have."""
+    body = await call.body(WAIT_ANY)
+    timeout = min(body.timeout_s, call.limits.long_poll_cap_s)
+    run_ids = [RunId(run_id) for run_id in body.run_ids]
+    ended, _ = await call.long_poll(call.api.wait_any(run_ids, timeout))
+    return json_response(ended)
 
 
 async def cancel(call: Call) -> Response:
@@ -146,6 +158,18 @@ ENDPOINTS = (
         handler=get_history,
         reply=HISTORY,
         errors=_RUN,
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/runs/wait-any",
+        name="wait_any",
+        summary=(
+            "Long-poll on many runs: as soon as one has ended, the statuses of those that "
+            "have (and ids no run has); empty after `timeout_s` (at most 25 s per request)"
+        ),
+        handler=wait_any,
+        body=WAIT_ANY,
+        reply=RUNS_ENDED,
     ),
     Endpoint(
         method="GET",
