@@ -111,9 +111,10 @@ class Service:
 
     folder: Path
     command: str = field(default_factory=aiki_command)
-    server: Child | None = None
+    servers: list[Child] = field(default_factory=list)
+    server_urls: list[str] = field(default_factory=list)
     workers: list[Child] = field(default_factory=list)
-    url: str = ""
+    url: str = ""  # the client's server: the last one (the workers poll the first)
 
     def _start(self, name: str, args: Sequence[str], program: Sequence[str] = ()) -> Child:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIKI_")}
@@ -132,32 +133,44 @@ class Service:
         return Child(name, popen, log)
 
     def start(
-        self, storage: str, workers: int, concurrency: int, server_args: Sequence[str] = ()
+        self,
+        storage: str,
+        workers: int,
+        concurrency: int,
+        server_args: Sequence[str] = (),
+        servers: int = 1,
     ) -> None:
-        """Start the server on `storage` (a URL), with `server_args` added, then the workers."""
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        command = ["server", "--storage", storage, "--host", "127.0.0.1", "--port", str(port)]
-        # `aiki server` with each request counted (bench/_counting_server.py).
-        counting = [sys.executable, str(BENCH / "_counting_server.py")]
-        self.server = self._start("server", [*command, *server_args], counting)
-        self._wait_healthy()
+        """Start `servers` servers on `storage` (a URL), with `server_args`, then the workers.
+
+        The workers poll the first server and the client uses the last: with two, every run's
+        news crosses from one server to the other (through the queue in `server_args`).
+        """
+        for i in range(servers):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            command = ["server", "--storage", storage, "--host", "127.0.0.1", "--port", str(port)]
+            # `aiki server` with each request counted (bench/_counting_server.py).
+            counting = [sys.executable, str(BENCH / "_counting_server.py")]
+            self.servers.append(self._start(f"server-{i}", [*command, *server_args], counting))
+            self.server_urls.append(url)
+            self._wait_healthy(self.servers[-1], url)
+        self.url = self.server_urls[-1]
         for i in range(workers):
-            args = ["worker", "_two_tasks:two_tasks", "--server", self.url, "--id", f"bench-{i}"]
+            poll = self.server_urls[0]
+            args = ["worker", "_two_tasks:two_tasks", "--server", poll, "--id", f"bench-{i}"]
             args += ["--concurrency", str(concurrency)]
             self.workers.append(self._start(f"worker-{i}", args))
         for worker in self.workers:
             self._wait_for(worker, "serving")
 
-    def _wait_healthy(self) -> None:
-        assert self.server is not None
+    def _wait_healthy(self, server: Child, url: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         with httpx.Client(timeout=1.0) as http:
             while True:
                 with contextlib.suppress(httpx.TransportError):
-                    if http.get(f"{self.url}/health").status_code == 200:
+                    if http.get(f"{url}/health").status_code == 200:
                         return
-                self._check_alive(self.server, deadline)
+                self._check_alive(server, deadline)
                 time.sleep(0.01)
 
     def _wait_for(self, child: Child, text: str) -> None:
@@ -172,22 +185,24 @@ class Service:
             sys.exit(f"{child.name} did not start:\n{child.output()}")
 
     def requests(self) -> Counter[str]:
-        """HTTP requests the server has answered so far, by route."""
-        reply = httpx.get(f"{self.url}{COUNTS_PATH}", timeout=5.0)
-        reply.raise_for_status()
-        return Counter(reply.json())
+        """HTTP requests the servers have answered so far, by route."""
+        counts: Counter[str] = Counter()
+        for url in self.server_urls:
+            reply = httpx.get(f"{url}{COUNTS_PATH}", timeout=5.0)
+            reply.raise_for_status()
+            counts.update(reply.json())
+        return counts
 
     def cpu(self) -> Cpu:
-        assert self.server is not None
         return Cpu(
-            server=cpu_seconds(self.server.popen.pid),
+            server=sum(cpu_seconds(server.popen.pid) for server in self.servers),
             workers=sum(cpu_seconds(w.popen.pid) for w in self.workers),
             client=time.process_time(),
         )
 
     def stop(self) -> None:
         """SIGTERM the workers, then the server; SIGKILL what does not exit in time."""
-        groups = [self.workers, [self.server] if self.server else []]
+        groups = [self.workers, self.servers]
         for group in groups:
             for child in group:
                 if child.popen.poll() is None:
@@ -205,7 +220,8 @@ class Service:
 def running_service(folder: Path, storage: str, args: Any) -> Iterator[Service]:
     service = Service(folder)
     try:
-        service.start(storage, args.workers, args.concurrency)
+        queue = ["--queue", args.queue] if args.queue else []
+        service.start(storage, args.workers, args.concurrency, queue, servers=args.servers)
         yield service
     finally:
         service.stop()
@@ -444,6 +460,11 @@ async def bench(args: Any, folder: Path) -> None:
     )
     print(f"  storage {storage}" + ("" if args.storage else " (fresh)"))
     print(f"  {args.workers} worker process(es), --concurrency {args.concurrency} each")
+    if args.servers > 1:
+        print(
+            f"  {args.servers} servers, queue {args.queue or 'PostgreSQL'}: the workers poll "
+            "the first, the client calls the last"
+        )
     with running_service(folder, storage, args) as service:
         async with await aiki.create_client(url=service.url) as client:
             async with asyncio.timeout(args.timeout):
@@ -471,7 +492,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="storage URL of the server, e.g. postgresql://... of an empty database "
         "(default: a fresh SQLite file)",
     )
+    parser.add_argument(
+        "--servers", type=int, default=1, help="aiki server processes on the one storage"
+    )
+    parser.add_argument("--queue", help="the servers' --queue (e.g. redis://127.0.0.1:6379/0)")
     args = parser.parse_args(argv)
+    if args.servers > 1 and not args.storage:
+        parser.error("--servers above 1 needs a shared --storage (postgresql://...)")
     if min(args.runs, args.latency_runs, args.warmup) < 0:
         parser.error("counts must be >= 0")
     if min(args.workers, args.concurrency, args.chunk) < 1:
