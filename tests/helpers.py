@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiki
 
@@ -47,3 +48,18 @@ class Calls:
 
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
+
+
+async def tasks_recorded(handle: aiki.RunHandle[Any], tasks: int) -> None:
+    """Until `tasks` task ends of the run are in storage.
+
+    A quick task's end goes with the run's next write, or on its own a moment after the task
+    returned (`aiki.worker._writes`); a crash before that runs the task again. A test that
+    crashes a run to see what replay does with recorded results waits for them first.
+    """
+
+    async def recorded() -> bool:
+        history = await handle.get_history()
+        return sum(e.kind.value == "task_completed" for e in history) >= tasks
+
+    await eventually(recorded)

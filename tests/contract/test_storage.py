@@ -592,6 +592,76 @@ async def test_finish_completed(storage: Storage, clock: FakeClock) -> None:
     assert history[-1].state is RunState.COMPLETED
 
 
+async def test_finish_records_the_task_ends_it_carries_first(
+    storage: Storage, clock: FakeClock
+) -> None:
+    """A run of quick tasks ends in one write: its task ends, in order, then its end."""
+    claimed = await running(storage)
+    first = replace(task_end(at=address("a"), result={"a": 1}), start_reported=False)
+    second = task_end(at=address("b"), result=[2])  # its start is already written
+    await storage.start_task(
+        lease_of(claimed), TaskStart(address=second.address, attempt=1, worker_id=WORKER)
+    )
+    outcome = RunOutcome(
+        state=RunState.COMPLETED, result_json=dumps("ok"), task_ends=(first, second)
+    )
+
+    ended = await storage.finish(lease_of(claimed), outcome)
+
+    assert ended.state is RunState.COMPLETED
+    history = await storage.get_history(claimed.run.id)
+    assert kinds(history)[-5:] == [
+        EventKind.TASK_STARTED,  # b's, written before
+        EventKind.TASK_STARTED,  # a's, carried by its end
+        EventKind.TASK_COMPLETED,
+        EventKind.TASK_COMPLETED,
+        EventKind.COMPLETED,
+    ]
+    assert [event.data.get("task") for event in history[-4:-1]] == ["a", "a", "b"]
+    assert [event.seq for event in history] == list(range(1, len(history) + 1))
+    assert [event.state for event in history[-4:-1]] == [RunState.RUNNING] * 3
+    durations = [event.data["duration_ms"] for event in history[-3:-1]]
+    assert durations == [first.duration_ms, second.duration_ms]
+
+
+async def test_finish_under_a_lost_lease_records_none_of_its_task_ends(storage: Storage) -> None:
+    claimed = await running(storage)
+    stale = lease_of(claimed)
+    await storage.release(stale)
+    before = await snapshot(storage, claimed.run.id)
+    outcome = RunOutcome(state=RunState.COMPLETED, result_json="1", task_ends=(task_end(),))
+
+    with pytest.raises(LeaseLostError):
+        await storage.finish(stale, outcome)
+
+    assert await snapshot(storage, claimed.run.id) == before
+
+
+async def test_finishes_of_many_runs_with_task_ends_go_together(storage: Storage) -> None:
+    runs = [await running(storage) for _ in range(5)]
+    ends = [
+        tuple(task_end(at=address(f"t{j}"), result=i * 10 + j) for j in range(i))
+        for i in range(len(runs))
+    ]
+
+    await asyncio.gather(
+        *(
+            storage.finish(
+                lease_of(claimed),
+                RunOutcome(state=RunState.COMPLETED, result_json=dumps(i), task_ends=ends[i]),
+            )
+            for i, claimed in enumerate(runs)
+        )
+    )
+
+    for i, claimed in enumerate(runs):
+        history = await storage.get_history(claimed.run.id)
+        completed = [e for e in history if e.kind is EventKind.TASK_COMPLETED]
+        assert [e.data["task"] for e in completed] == [f"t{j}" for j in range(i)]
+        assert [event.seq for event in history] == list(range(1, len(history) + 1))
+        assert (await status(storage, claimed.run.id)).result == i
+
+
 async def test_finish_failed(storage: Storage) -> None:
     claimed = await running(storage)
     error = ErrorInfo(type="aiki.TaskFailedError", message="gave up", traceback="Traceback...")

@@ -16,7 +16,7 @@ import pytest
 import aiki
 from aiki.testing import FakeClock, kill_worker
 from conftest import WorkerFactory
-from helpers import Calls, eventually
+from helpers import Calls, eventually, tasks_recorded
 
 LEASE = aiki.WorkflowRunConfig(heartbeat_interval_ms=1_000, lease_ms=3_000)
 
@@ -59,6 +59,7 @@ async def crash_and_resume(
     first = await make_worker(workflow, workflow_run=LEASE)
     handle = await workflow.enqueue(client)
     await plan.parked.wait()
+    await tasks_recorded(handle, len(plan.steps))
     await kill_worker(first)
 
     plan.steps = new_steps
@@ -248,6 +249,7 @@ async def test_gather_runs_calls_concurrently_and_replays_them(
     first = await make_worker(fan_out, workflow_run=LEASE)
     handle = await fan_out.enqueue(client)
     await parked.wait()
+    await tasks_recorded(handle, 3)
     await kill_worker(first)
     gate.set()
     await make_worker(fan_out, workflow_run=LEASE)

@@ -15,7 +15,7 @@ from aiki.cli._runs import _describe_sleeps
 from aiki.examples import morning_routine_v2
 from aiki.testing import FakeClock, kill_worker
 from conftest import WorkerFactory
-from helpers import Calls, eventually, state_is
+from helpers import Calls, eventually, state_is, tasks_recorded
 
 LEASE = aiki.WorkflowRunConfig(heartbeat_interval_ms=1_000, lease_ms=3_000)
 SLEEP_EVENTS = ("task_started", "task_completed")
@@ -482,6 +482,7 @@ async def test_new_sleep_before_recorded_calls_is_a_divergence(
     first = await make_worker(inserted_sleep, workflow_run=LEASE)
     handle = await inserted_sleep.enqueue(client)
     await parked.wait()
+    await tasks_recorded(handle, 1)
     await kill_worker(first)
     inserted = True
     await make_worker(inserted_sleep, workflow_run=LEASE)

@@ -11,6 +11,7 @@ import pytest
 import aiki
 from aiki._core.ids import WorkerId
 from aiki._core.models import ClaimedRun, Lease, NewRun, PollRequest, WorkflowKey
+from aiki._core.serde import DEFAULT_MAX_PAYLOAD_BYTES
 from aiki.examples import morning_routine
 
 # `aiki.worker` is also the factory function, so the module is looked up by its full name.
@@ -58,9 +59,13 @@ async def test_the_new_execution_stays_tracked_when_the_old_one_ends(
     )
     (claimed,) = (await srv.service.poll(poll)).claimed
 
-    worker._launch(claimed)  # the first execution: it suspends, and winds down...
+    worker._launch(
+        claimed, DEFAULT_MAX_PAYLOAD_BYTES
+    )  # the first execution: it suspends, and winds down...
     await asyncio.sleep(0)
-    worker._launch(claimed)  # ...while the woken run is claimed here again
+    worker._launch(
+        claimed, DEFAULT_MAX_PAYLOAD_BYTES
+    )  # ...while the woken run is claimed here again
     old, new = executions
     old.end.set()
     await old.ended.wait()

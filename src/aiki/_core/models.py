@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from aiki._core.clock import to_datetime
 from aiki._core.ids import RunId, WorkerId
-from aiki._core.serde import JSONValue, loads
+from aiki._core.serde import DEFAULT_MAX_PAYLOAD_BYTES, JSONValue, loads
 from aiki._core.states import RunState
 from aiki.errors import ErrorInfo
 
@@ -370,6 +370,10 @@ class RunOutcome:
     result_json: str | None = None
     error: ErrorInfo | None = None
     reason: str | None = None
+    # Task ends not written yet, recorded with the run's end in the same transaction: a
+    # worker keeps a quick task's result until the run's next write (see
+    # `aiki.worker._writes`), so a run of quick tasks ends in one write, not one per task.
+    task_ends: tuple[TaskEnd, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.state.is_final:
@@ -430,3 +434,6 @@ class PollRequest:
 class PollReply:
     claimed: tuple[ClaimedRun, ...] = ()
     cancel_requested: tuple[RunId, ...] = ()
+    # The server's size limit of a result: a worker keeps a task's result to write later
+    # only if the server will take it, so that no refusal comes after the workflow used it.
+    max_payload_bytes: Positive = DEFAULT_MAX_PAYLOAD_BYTES

@@ -316,7 +316,11 @@ class Service:
                 cancels = tuple(self._cancel_notices.pop(worker, ()))
                 remaining = deadline - loop.time()
                 if claimed or cancels or remaining <= 0 or self._closed:
-                    return PollReply(claimed=tuple(claimed), cancel_requested=cancels)
+                    return PollReply(
+                        claimed=tuple(claimed),
+                        cancel_requested=cancels,
+                        max_payload_bytes=self._settings.max_payload_bytes,
+                    )
                 tickets.append(self._closing.ticket())
                 self._parked_polls += 1
                 try:
@@ -366,13 +370,16 @@ class Service:
         await self._retried(lease, lambda: self._storage.start_task(lease, start))
 
     async def finish_task(self, lease: Lease, end: TaskEnd) -> bool:
+        self._check_result_size(end)
+        return await self._retried(lease, lambda: self._storage.finish_task(lease, end))
+
+    def _check_result_size(self, end: TaskEnd) -> None:
         if end.result_json is not None:
             check_size(
                 end.result_json,
                 what=f"task {end.address.task!r} result",
                 limit=self._settings.max_payload_bytes,
             )
-        return await self._retried(lease, lambda: self._storage.finish_task(lease, end))
 
     async def suspend(self, lease: Lease, wait: WaitInfo) -> None:
         if await self._retried(lease, lambda: self._storage.suspend(lease, wait)):
@@ -397,6 +404,15 @@ class Service:
                 what=f"result of workflow run {lease.run_id}",
                 limit=self._settings.max_payload_bytes,
             )
+        addresses = set()
+        for i, end in enumerate(outcome.task_ends):
+            self._check_result_size(end)
+            if end.address in addresses:
+                raise InvalidRequestError(
+                    f"outcome.task_ends[{i}] is a second end of task call {end.address}",
+                    field=f"outcome.task_ends[{i}]",
+                )
+            addresses.add(end.address)
         self._keep_final(await self._retried(lease, lambda: self._storage.finish(lease, outcome)))
         self._announce(Announcement(ended=frozenset((lease.run_id,))))
 

@@ -73,6 +73,7 @@ from aiki.storage._records import (
     served_version_from_row,
     task_end_data,
     task_end_kind,
+    task_ends_json,
     task_start_data,
     wait_data,
     worker_from_row,
@@ -412,6 +413,7 @@ class PostgresOperations:
                 error,
                 outcome.reason,
                 None if error is None else f'{{"error":{error}}}',
+                task_ends_json(outcome.task_ends),
             ),
         )
         if row is None:

@@ -82,7 +82,7 @@ _FINISH_TASK = (
 )  # fmt: skip
 _FINISH = (
     "ids", "revisions", "nows", "allowed", "states", "kinds", "results", "errors", "reasons",
-    "error_data",
+    "error_data", "ends",
 )  # fmt: skip
 
 

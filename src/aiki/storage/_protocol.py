@@ -144,7 +144,11 @@ class Storage(Protocol):
         ...
 
     async def finish(self, lease: Lease, outcome: RunOutcome) -> RunStatus:
-        """End the run: `completed`, `failed` or `cancelled`."""
+        """End the run: `completed`, `failed` or `cancelled`.
+
+        `outcome.task_ends` are recorded first, in order, as `finish_task` would, in the
+        same transaction: all of them and the run's end, or (the lease lost) none.
+        """
         ...
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiki._core.ids import RunId, WorkerId
@@ -232,6 +232,31 @@ def task_end_data(end: TaskEnd) -> dict[str, Any]:
         "final": end.outcome is TaskOutcome.FAILED,
         "retry_delay_ms": end.retry_delay_ms,
     }
+
+
+def task_ends_json(ends: Sequence[TaskEnd]) -> str | None:
+    """Task ends as PostgreSQL's `finish` takes them: a JSON array, each value as text."""
+    if not ends:
+        return None
+    return dump_json(
+        [
+            {
+                "task": end.address.task,
+                "digest": end.address.digest,
+                "idx": end.address.index,
+                "outcome": end.outcome.value,
+                "attempts": end.attempt,
+                "result": end.result_json,
+                "error": error_text(end.error),
+                "kind": task_end_kind(end).value,
+                "data": dump_json(task_end_data(end)),
+                "start_data": None
+                if end.start_reported
+                else dump_json(task_start_data(end.address, end.attempt, end.worker_id)),
+            }
+            for end in ends
+        ]
+    )
 
 
 def wait_data(wait: WaitInfo) -> dict[str, Any]:

@@ -300,35 +300,8 @@ class SqliteOperations:
     @_writes
     def finish_task(self, conn: sqlite3.Connection, lease: Lease, end: TaskEnd) -> bool:
         """See `Storage.finish_task`."""
-        now = self._clock.now_ms()
         cancel_requested = check_running_now(conn, lease)
-        address = end.address
-        task = {
-            "run_id": lease.run_id,
-            "task": address.task,
-            "digest": address.digest,
-            "idx": address.index,
-        }
-        recorded = conn.execute(Q["task_result_state"], task).fetchone()
-        if recorded is not None and same_end(recorded["outcome"], recorded["attempts"], end):
-            return cancel_requested  # this attempt's end is recorded: the write was sent again
-        if not end.start_reported:
-            # Stamped now, not now - duration: the worker's clock is not the storage's, and the
-            # history's times must not go backwards. The end event carries the duration.
-            append_start(conn, lease.run_id, now, address, end.attempt, end.worker_id)
-        conn.execute(
-            Q["upsert_task_result"],
-            task
-            | {
-                "outcome": end.outcome.value,
-                "attempts": end.attempt,
-                "result": end.result_json,
-                "error": error_text(end.error),
-                "now": now,
-            },
-        )
-        kind = task_end_kind(end)
-        append_event(conn, lease.run_id, now, kind, RunState.RUNNING, task_end_data(end))
+        _record_end(conn, lease, end, self._clock.now_ms())
         return cancel_requested
 
     @_writes
@@ -375,6 +348,8 @@ class SqliteOperations:
             run = read_run(conn, lease.run_id)  # this end, sent again after its reply was lost
             assert run is not None
             return run
+        for end in outcome.task_ends:
+            _record_end(conn, lease, end, now)
         run = end_run(
             conn,
             lease.run_id,
@@ -530,3 +505,34 @@ class SqliteOperations:
             )
             for row in conn.execute(Q["list_workflows"])
         ]
+
+
+def _record_end(conn: sqlite3.Connection, lease: Lease, end: TaskEnd, now: int) -> None:
+    """A task attempt's end (and its start, if not written), on a run known to be held."""
+    address = end.address
+    task = {
+        "run_id": lease.run_id,
+        "task": address.task,
+        "digest": address.digest,
+        "idx": address.index,
+    }
+    recorded = conn.execute(Q["task_result_state"], task).fetchone()
+    if recorded is not None and same_end(recorded["outcome"], recorded["attempts"], end):
+        return  # this attempt's end is recorded: the write was sent again
+    if not end.start_reported:
+        # Stamped now, not now - duration: the worker's clock is not the storage's, and the
+        # history's times must not go backwards. The end event carries the duration.
+        append_start(conn, lease.run_id, now, address, end.attempt, end.worker_id)
+    conn.execute(
+        Q["upsert_task_result"],
+        task
+        | {
+            "outcome": end.outcome.value,
+            "attempts": end.attempt,
+            "result": end.result_json,
+            "error": error_text(end.error),
+            "now": now,
+        },
+    )
+    kind = task_end_kind(end)
+    append_event(conn, lease.run_id, now, kind, RunState.RUNNING, task_end_data(end))

@@ -82,6 +82,8 @@ class TaskAttempts:
             TaskStart(address=address, attempt=attempt, worker_id=self._worker_id),
             self._abandoned_starts,
         )
+        # What the run's earlier tasks returned goes to storage before this one acts on it.
+        self._writes.send_held()
         began = time.monotonic()
         try:
             context = TaskContext(
@@ -100,6 +102,8 @@ class TaskAttempts:
             raise
         timing = _Timing(began, await start.settle())
         end = self._end(address, attempt, timing, TaskOutcome.COMPLETED, result_json=result_json)
+        if self._writes.hold_end(end):
+            return task.decode_result(result)  # the run's next write records it
         try:
             await self._writes.finish_task(end)
         except PayloadError as exc:  # result over the server's size limit: a final failure

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable
+from dataclasses import replace
 from datetime import datetime
 from enum import Enum, auto
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from aiki._core.api import EngineApi
 from aiki._core.clock import Clock, to_datetime
 from aiki._core.ids import RunId, WorkerId
-from aiki._core.models import ClaimedRun, Lease, RunOutcome, TaskOutcome
+from aiki._core.models import ClaimedRun, Lease, RunOutcome, TaskOutcome, WaitInfo
 from aiki._core.serde import digest, encode, encode_json_value, loads, to_json_value
 from aiki._core.states import RunState
 from aiki.config import WorkflowRunConfig
@@ -57,6 +58,7 @@ class RunExecution:
         worker_id: WorkerId,
         config: WorkflowRunConfig,
         clock: Clock,
+        max_result_bytes: int,
     ) -> None:
         self.run_id: RunId = claimed.run.id
         self.lease = Lease(run_id=claimed.run.id, revision=claimed.revision)
@@ -73,7 +75,9 @@ class RunExecution:
             lease=self.lease,
             lease_lost=functools.partial(self.stop, StopReason.LOST),
             cancel_requested=functools.partial(self.stop, StopReason.CANCEL),
+            max_result_bytes=max_result_bytes,
         )
+        self._writes = writes
         self._attempts = TaskAttempts(
             worker_id=worker_id,
             config=config,
@@ -162,9 +166,10 @@ class RunExecution:
     async def _conclude(self, outcome: RunOutcome | None) -> None:
         reason = self._stop_reason
         if reason in (StopReason.LOST, StopReason.KILL):
+            self._writes.drop_held()
             return
         if reason is StopReason.HAND_BACK:
-            await self._write(self._api.release(self.lease))
+            await self._write(self._release())
             return
         if self._ledger.fatal is not None:
             # Replay diverged: the run fails even if the workflow caught the error.
@@ -172,20 +177,31 @@ class RunExecution:
             outcome = RunOutcome(state=RunState.FAILED, error=error)
         elif self._scheduler.suspending and reason is None:
             wait = await self._scheduler.wait()
-            await self._write(self._api.suspend(self.lease, wait))
+            await self._write(self._suspend(wait))
             return
         if outcome is None:
             return
         await self._finish(outcome)
 
+    async def _release(self) -> None:
+        await self._writes.write_held()  # what finished is kept for the next owner
+        await self._api.release(self.lease)
+
+    async def _suspend(self, wait: WaitInfo) -> None:
+        await self._writes.write_held()
+        await self._api.suspend(self.lease, wait)
+
     async def _finish(self, outcome: RunOutcome) -> None:
+        try:
+            outcome = replace(outcome, task_ends=await self._writes.take_held())
+        except LeaseLostError:
+            return  # an earlier write of the run failed: left to its lease
         try:
             await self._write(self._api.finish(self.lease, outcome))
         except PayloadError as exc:  # the server refused the result (too large)
             error = ErrorInfo.from_exception(exc)
-            await self._write(
-                self._api.finish(self.lease, RunOutcome(state=RunState.FAILED, error=error))
-            )
+            failed = RunOutcome(state=RunState.FAILED, error=error, task_ends=outcome.task_ends)
+            await self._write(self._api.finish(self.lease, failed))
 
     async def _write(self, write: Awaitable[None]) -> None:
         """Make a write that must not be lost to a cancellation of this run's code."""

@@ -197,13 +197,13 @@ class Worker:
 
     def _take(self, reply: PollReply) -> None:
         for claimed in reply.claimed:
-            self._launch(claimed)
+            self._launch(claimed, reply.max_payload_bytes)
         for run_id in reply.cancel_requested:
             execution = self._active.get(run_id)
             if execution is not None:
                 execution.stop(StopReason.CANCEL)
 
-    def _launch(self, claimed: ClaimedRun) -> None:
+    def _launch(self, claimed: ClaimedRun, max_result_bytes: int) -> None:
         run = claimed.run
         workflow = self.registry.get(WorkflowKey(name=run.workflow, version=run.version))
         if workflow is None:  # cannot happen: claims are filtered by the registry's keys
@@ -216,6 +216,7 @@ class Worker:
             worker_id=self.id,
             config=self.run_config,
             clock=self._clock,
+            max_result_bytes=max_result_bytes,
         )
         self._active[run.id] = execution
         self._run_tasks[run.id] = asyncio.create_task(

@@ -3,27 +3,54 @@
 A lost lease, or a write that could not be made, stops the run on this worker for good,
 whatever the workflow catches: its lease then expires and another worker (or this one)
 resumes it from what storage holds.
+
+A quick task's completed end is held, not awaited: it is sent when the run's next task call
+begins (before any new side effect, so a result is on its way to storage before anything that
+may depend on it happens), and the write goes while the next task runs. The run's end carries
+the ends held since (recorded in the same transaction), or they are sent after `_END_HOLD_S`.
+A run of quick tasks then waits for one write per task call after the first, not for two.
+Writes that must come after held ends wait for their answers. What changes is only this: a
+worker that dies with a task end on its way may have that task run again by the next owner,
+as if it had died a moment before the task returned. A recorded result is still never run
+again, and a lost lease is still found before anything of the run is accepted: every write
+is fenced by the lease's revision, and none goes after one that failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiki._core.api import EngineApi
-from aiki._core.models import Lease, RunEvent, TaskEnd, TaskStart
+from aiki._core.models import Lease, RunEvent, TaskEnd, TaskOutcome, TaskStart
+from aiki._core.serde import check_size
 from aiki.errors import LeaseLostError, PayloadError
 
 T = TypeVar("T")
 
 _log = logging.getLogger("aiki.worker")
 
+# How long a completed task's end waits at most for the run's next write to carry it: as long
+# as a task may run before its start is written on its own (see `aiki.worker._attempts`).
+_END_HOLD_S = 0.05
+
 
 class RunWrites:
     """One run's guarded writes to the server, made under its lease."""
 
-    __slots__ = ("_api", "_cancel_requested", "_lease", "_lease_lost")
+    __slots__ = (
+        "_api",
+        "_cancel_requested",
+        "_failed",
+        "_held",
+        "_hold_timer",
+        "_last_send",
+        "_lease",
+        "_lease_lost",
+        "_max_result_bytes",
+    )
 
     def __init__(
         self,
@@ -32,17 +59,117 @@ class RunWrites:
         lease: Lease,
         lease_lost: Callable[[], None],
         cancel_requested: Callable[[], None],
+        max_result_bytes: int,
     ) -> None:
         self._api = api
         self._lease = lease
         self._lease_lost = lease_lost
         self._cancel_requested = cancel_requested
+        self._max_result_bytes = max_result_bytes
+        self._held: list[TaskEnd] = []
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._last_send: asyncio.Future[None] | None = None  # each send waits for the one before
+        self._failed = False  # a write failed: nothing more goes
 
     async def start_task(self, start: TaskStart) -> None:
+        await self.write_held()
         await self._guard(self._api.start_task(self._lease, start))
 
     async def finish_task(self, end: TaskEnd) -> None:
         """Write a task attempt's end (or an engine record); the reply may ask to cancel."""
+        await self.write_held()
+        await self._finish_task(end)
+
+    def hold_end(self, end: TaskEnd) -> bool:
+        """Hold a completed task's end for the run's next write; False: write it now.
+
+        An end whose result the server would refuse (over its size limit) is not held: its
+        refusal must reach the task call, before the workflow has used the result.
+        """
+        assert end.outcome is TaskOutcome.COMPLETED
+        try:
+            check_size(end.result_json or "", what="task result", limit=self._max_result_bytes)
+        except PayloadError:
+            return False
+        self._held.append(end)
+        if self._hold_timer is None:
+            loop = asyncio.get_running_loop()
+            self._hold_timer = loop.call_later(_END_HOLD_S, self._write_held_late)
+        return True
+
+    def send_held(self) -> None:
+        """Send the held task ends now, without waiting for their answers."""
+        ends = self._take()
+        if ends:
+            self._chain(ends)
+
+    async def write_held(self) -> None:
+        """Write the held task ends, and wait for the answers of all sent before."""
+        ends = self._take()
+        await (self._chain(ends) if ends else self._settled())
+
+    async def take_held(self) -> tuple[TaskEnd, ...]:
+        """The held task ends, for the run's end to carry, once those sent are answered.
+
+        Raises:
+            LeaseLostError: one of them failed; the run is left to its lease.
+        """
+        ends = self._take()  # now: a late send must not take them while this waits
+        await self._settled()
+        return ends
+
+    def drop_held(self) -> None:
+        """The run leaves this worker without a word (lease lost, simulated crash)."""
+        self._take()
+
+    def _take(self) -> tuple[TaskEnd, ...]:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        ends = tuple(self._held)
+        self._held.clear()
+        return ends
+
+    def _write_held_late(self) -> None:
+        # Nothing carried them in time (a long computation between tasks, a long wait for a
+        # slot): sent on their own, so that a crash now does not run those tasks again.
+        self._hold_timer = None
+        self.send_held()
+
+    def _chain(self, ends: tuple[TaskEnd, ...]) -> asyncio.Future[None]:
+        # Chained when sent, not when the send first runs: order is decided here and now.
+        send = asyncio.ensure_future(self._write_after(self._last_send, ends))
+        send.add_done_callback(_read_outcome)
+        self._last_send = send
+        return send
+
+    async def _settled(self) -> None:
+        """Once every send so far is answered; LeaseLostError if any write failed."""
+        if self._last_send is not None:
+            await asyncio.wait([self._last_send])
+        if self._failed:
+            raise LeaseLostError(self._lease.run_id, self._lease.revision)
+
+    async def _write_after(
+        self, previous: asyncio.Future[None] | None, ends: tuple[TaskEnd, ...]
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its failure is its own to report
+        for end in ends:
+            if self._failed:
+                break
+            try:
+                await self._finish_task(end)
+            except PayloadError:
+                # Held because the server's limit allowed it: a server that changed its mind.
+                # The workflow has used the result; let the next owner run the task again.
+                _log.exception("run %s: a held task end was refused", self._lease.run_id)
+                self._failed = True
+                self._lease_lost()
+        if self._failed:
+            raise LeaseLostError(self._lease.run_id, self._lease.revision)
+
+    async def _finish_task(self, end: TaskEnd) -> None:
         cancel_requested = await self._guard(self._api.finish_task(self._lease, end))
         if cancel_requested:
             self._cancel_requested()
@@ -54,6 +181,7 @@ class RunWrites:
         try:
             return await write
         except LeaseLostError:
+            self._failed = True
             self._lease_lost()
             raise
         except PayloadError:
@@ -62,5 +190,13 @@ class RunWrites:
             _log.exception(
                 "run %s: a write failed; leaving the run to lease recovery", self._lease.run_id
             )
+            self._failed = True
             self._lease_lost()
             return None
+
+
+def _read_outcome(send: asyncio.Future[None]) -> None:
+    # A failed send has been dealt with (the run stops on this worker); reading its error
+    # keeps asyncio from logging it a second time.
+    if not send.cancelled():
+        send.exception()

@@ -345,13 +345,30 @@ FROM (SELECT 1) AS one LEFT JOIN cur ON true;
 -- one given, else the one its cancel request gave. One row per element comes back, `n` its
 -- position: the run as this statement's snapshot saw it (`cur_*` columns: why nothing changed,
 -- or what an end sent again finds) and, if it changed, as it is now (NULL if it did not).
+-- `ends` (a JSON array, or NULL) holds task ends not written yet, recorded before the run's
+-- end, in order, only if the run's end is: each as finish_task records it, with its start
+-- event first when it has `start_data`.
 WITH req AS (
     SELECT *
     FROM unnest(:ids::text[], :revisions::bigint[], :nows::bigint[], :allowed::text[],
                 :states::text[], :kinds::text[], :results::text[], :errors::text[],
-                :reasons::text[], :error_data::text[]) WITH ORDINALITY
-         AS r(id, revision, now, allowed, state, kind, result, error, reason, error_data, n)
+                :reasons::text[], :error_data::text[], :ends::text[]) WITH ORDINALITY
+         AS r(id, revision, now, allowed, state, kind, result, error, reason, error_data, ends,
+              n)
 ),
+req_end AS (
+    -- `upto`: the history events the run's ends up to this one take (an end, and its start).
+    SELECT req.n, e.value ->> 'task' AS task, e.value ->> 'digest' AS digest,
+           (e.value ->> 'idx')::int AS idx, e.value ->> 'outcome' AS outcome,
+           (e.value ->> 'attempts')::int AS attempts, e.value ->> 'result' AS result,
+           e.value ->> 'error' AS error, e.value ->> 'kind' AS kind,
+           e.value ->> 'data' AS data, e.value ->> 'start_data' AS start_data,
+           sum(1 + (e.value ->> 'start_data' IS NOT NULL)::int)
+               OVER (PARTITION BY req.n ORDER BY e.ord) AS upto
+    FROM req, json_array_elements(req.ends::json) WITH ORDINALITY AS e(value, ord)
+    WHERE req.ends IS NOT NULL
+),
+end_events AS (SELECT n, max(upto) AS events FROM req_end GROUP BY n),
 cur AS (
     SELECT {run_columns}
     FROM runs
@@ -364,14 +381,38 @@ changed AS (
         wait_kind = NULL, wait_until = NULL, wait_detail = NULL,
         worker_id = NULL, lease_expires_at = NULL, updated_at = aiki_now_ms(req.now),
         last_seq = runs.last_seq + 1
+                   + COALESCE((SELECT events FROM end_events WHERE end_events.n = req.n), 0)
     FROM req
     WHERE runs.id = ANY(:ids::text[])
       AND runs.id = req.id AND runs.revision = req.revision
       AND runs.state = ANY(string_to_array(req.allowed, ','))
     RETURNING req.n, req.kind, req.error_data, {runs.run_columns}, runs.last_seq
 ),
+ended_task AS (
+    -- The run's end takes the last seq; its task ends the ones before, in order.
+    SELECT changed.id, changed.updated_at AS at,
+           changed.last_seq - 1 - end_events.events + req_end.upto AS seq, req_end.*
+    FROM changed
+    JOIN req_end ON req_end.n = changed.n
+    JOIN end_events ON end_events.n = changed.n
+),
+recorded AS (
+    INSERT INTO task_results (run_id, task, digest, idx, outcome, attempts, result, error,
+                              updated_at)
+    SELECT id, task, digest, idx, outcome, attempts, result::json, error::json, at
+    FROM ended_task
+    ON CONFLICT (run_id, task, digest, idx) DO UPDATE
+    SET outcome = excluded.outcome, attempts = excluded.attempts, result = excluded.result,
+        error = excluded.error, updated_at = excluded.updated_at
+),
 event AS (
     INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, seq - 1, at, 'task_started', 'running', start_data::json
+    FROM ended_task
+    WHERE start_data IS NOT NULL
+    UNION ALL
+    SELECT id, seq, at, kind, 'running', data::json FROM ended_task
+    UNION ALL
     SELECT id, last_seq, updated_at, kind, state,
            CASE
                WHEN state <> 'cancelled' THEN error_data::json
