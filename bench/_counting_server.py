@@ -24,8 +24,12 @@ _RUN_ID = re.compile(r"^/v1/runs/[^/]+")
 _counts: Counter[str] = Counter()
 
 
+# Routes under /v1/runs that are not a run's.
+_FIXED = {"/v1/runs", "/v1/runs/wait-any"}
+
+
 def _route(method: str, path: str) -> str:
-    if path != "/v1/runs":
+    if path not in _FIXED:
         path = _RUN_ID.sub("/v1/runs/{id}", path)
     return f"{method} {path}"
 
