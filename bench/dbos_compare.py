@@ -265,8 +265,7 @@ async def service_system(args: Any, url: str, queue: str | None) -> AsyncIterato
     try:
         # Blocking, but nothing else runs yet: it only waits for the processes to be ready.
         service.start(url, args.aiki_workers, args.aiki_concurrency, server_args)
-        assert service.server is not None
-        pids = [os.getpid(), service.server.popen.pid]
+        pids = [os.getpid(), *(server.popen.pid for server in service.servers)]
         pids += [worker.popen.pid for worker in service.workers]
         settings = (
             f"aiki server{' --queue ' + queue if queue else ''}, {args.aiki_workers} "
