@@ -271,6 +271,16 @@ async def test_enqueue_creates_a_pending_run(storage: Storage, clock: FakeClock)
     assert history[0].at_ms == clock.now_ms()
 
 
+async def test_get_runs_reads_many_at_once(storage: Storage) -> None:
+    runs = [await enqueue(storage) for _ in range(3)]
+    wanted = [runs[2].id, RunId("no-such-run"), runs[0].id, runs[0].id]
+
+    found = await storage.get_runs(wanted)
+
+    assert sorted(found, key=lambda r: r.id) == sorted([runs[0], runs[2]], key=lambda r: r.id)
+    assert await storage.get_runs([]) == []
+
+
 async def test_unknown_run(storage: Storage) -> None:
     assert await storage.get_run(RunId("0" * 26)) is None
     assert await storage.get_history(RunId("0" * 26)) == []

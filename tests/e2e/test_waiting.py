@@ -12,18 +12,23 @@ from helpers import eventually
 
 
 class CountingReads:
-    """Counts `get_run` calls on a storage, passing them through."""
+    """Counts run reads (`get_run`, and `get_runs` of many) on a storage, passing them through."""
 
     def __init__(self, srv: aiki.Server) -> None:
         self.count = 0
         storage = srv.storage
-        original = storage.get_run
+        original_one, original_many = storage.get_run, storage.get_runs
 
         async def get_run(run_id: Any) -> Any:
             self.count += 1
-            return await original(run_id)
+            return await original_one(run_id)
+
+        async def get_runs(run_ids: Any) -> Any:
+            self.count += 1
+            return await original_many(run_ids)
 
         storage.get_run = get_run  # type: ignore[method-assign]
+        storage.get_runs = get_runs  # type: ignore[method-assign]
 
 
 async def test_a_waiter_gets_the_final_status_without_reading_it_back(

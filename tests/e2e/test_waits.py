@@ -113,13 +113,29 @@ async def test_many_waits_of_one_http_client_share_one_long_poll(srv: aiki.Serve
             await morning_routine.enqueue(client, payload={"n": n}, allow_unknown=True)
             for n in range(30)
         ]
+        reads: list[int] = []
+        get_run, get_runs = srv.storage.get_run, srv.storage.get_runs
+
+        async def read_one(run_id: RunId) -> RunStatus | None:
+            reads.append(1)
+            return await get_run(run_id)
+
+        async def read_many(run_ids: Sequence[RunId]) -> list[RunStatus]:
+            reads.append(len(run_ids))
+            return await get_runs(run_ids)
+
+        srv.storage.get_run = read_one  # type: ignore[method-assign]
+        srv.storage.get_runs = read_many  # type: ignore[method-assign]
         results = asyncio.gather(*(h.wait_for_completion(timeout=10) for h in handles))
-        await until(lambda: len(asked) == 1)
+        await until(lambda: len(asked) == 1 and srv.service.parked_waits == 30)
         assert asked == [30], "the 30 waits begun together went in one request"
+        assert reads == [30], "which read the 30 runs in one storage call"
         async with worker:
             assert await results == [{"alarm_result": "Wake up!", "stretch_result": 300}] * 30
-        # Runs end one by one: each answer settles those ended and the rest wait again.
+        # Runs end one by one: each answer settles those ended and the rest wait again,
+        # each request with one storage read at most.
         assert sum(asked) < 30 * 30
+        assert len(reads) <= len(asked)
         with pytest.raises(aiki.RunNotFoundError):
             await client.get_handle("no-such-run").wait_for_completion(timeout=1)
 

@@ -232,31 +232,40 @@ class Service:
                     self._final.pop(run_id, None)
 
     async def wait_any(self, run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
-        # One wait per run, side by side: each reads storage once (or its end kept here) and
-        # then waits for the news of its end; the first end answers for all.
-        waits = {
-            asyncio.ensure_future(self.wait(run_id, timeout_s)): run_id
-            for run_id in dict.fromkeys(run_ids)
-        }
-        ended: list[RunStatus] = []
-        missing: list[RunId] = []
-        pending = set(waits)
+        ids = list(dict.fromkeys(run_ids))
+        recent = [status for run_id in ids if (status := self._recent_final.get(run_id))]
+        if recent:
+            return RunsEnded(ended=tuple(recent))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        # Tickets first, then one read for all: an end between the two is not missed.
+        tickets = [self._run_ended.ticket(run_id) for run_id in ids]
         try:
-            while pending and not (ended or missing):
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for wait in done:
-                    try:
-                        status = wait.result()
-                    except RunNotFoundError:
-                        missing.append(waits[wait])
-                        continue
-                    if status.state.is_final:
-                        ended.append(status)
+            while True:
+                found = {status.id: status for status in await self._storage.get_runs(ids)}
+                missing = tuple(run_id for run_id in ids if run_id not in found)
+                ended = tuple(status for status in found.values() if status.state.is_final)
+                remaining = deadline - loop.time()
+                if ended or missing or remaining <= 0 or self._closed:
+                    return RunsEnded(ended=ended, missing=missing)
+                self._parked_waits += len(ids)
+                try:
+                    await wait_any(
+                        [*tickets, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S)
+                    )
+                finally:
+                    self._parked_waits -= len(ids)
+                told = tuple(final for run_id in ids if (final := self._final.get(run_id)))
+                if told:
+                    return RunsEnded(ended=told)
+                # Woken by a missed-news notice, the recheck time or the closing: read again.
+                tickets = [self._run_ended.ticket(run_id) for run_id in ids]
+                for run_id in ids:
+                    self._run_ended.release(run_id)  # the new tickets hold each run once more
         finally:
-            for wait in pending:
-                wait.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        return RunsEnded(ended=tuple(ended), missing=tuple(missing))
+            for run_id in ids:
+                if not self._run_ended.release(run_id):
+                    self._final.pop(run_id, None)
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         status = await self._storage.cancel(run_id, reason)

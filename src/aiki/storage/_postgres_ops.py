@@ -196,6 +196,11 @@ class PostgresOperations:
         return None if row is None else run_from_row(row)
 
     @_pooled
+    async def get_runs(self, db: Pool, run_ids: Sequence[RunId]) -> list[RunStatus]:
+        """See `Storage.get_runs`."""
+        return [run_from_row(row) for row in await fetch(db, "get_runs", ids=list(run_ids))]
+
+    @_pooled
     async def list_runs(
         self,
         db: Pool,

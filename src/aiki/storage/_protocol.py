@@ -64,6 +64,10 @@ class Storage(Protocol):
         """The run, or None if there is none with this id."""
         ...
 
+    async def get_runs(self, run_ids: Sequence[RunId]) -> list[RunStatus]:
+        """The runs of `run_ids` that exist, in any order: one read for many."""
+        ...
+
     async def list_runs(
         self,
         *,

@@ -10,6 +10,7 @@ queued. The decisions are `_rules`'; the row changes several methods share, `_sq
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -165,6 +166,12 @@ class SqliteOperations:
     def get_run(self, conn: sqlite3.Connection, run_id: RunId) -> RunStatus | None:
         """See `Storage.get_run`."""
         return read_run(conn, run_id)
+
+    @_reads
+    def get_runs(self, conn: sqlite3.Connection, run_ids: Sequence[RunId]) -> list[RunStatus]:
+        """See `Storage.get_runs`."""
+        rows = conn.execute(Q["get_runs"], {"ids": json.dumps(list(run_ids))}).fetchall()
+        return [run_from_row(row) for row in rows]
 
     @_reads
     def list_runs(

@@ -21,6 +21,11 @@ SELECT {run_columns}
 FROM runs
 WHERE id = :id;
 
+-- name: get_runs
+SELECT {run_columns}
+FROM runs
+WHERE id = ANY(:ids::text[]);
+
 -- name: find_by_idempotency_key
 SELECT {run_columns}
 FROM runs

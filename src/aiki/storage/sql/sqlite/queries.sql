@@ -12,6 +12,12 @@ SELECT {run_columns}
 FROM runs
 WHERE id = :id;
 
+-- name: get_runs
+-- `:ids`: a JSON array of run ids.
+SELECT {run_columns}
+FROM runs
+WHERE id IN (SELECT value FROM json_each(:ids));
+
 -- name: find_by_idempotency_key
 SELECT {run_columns}
 FROM runs
