@@ -34,6 +34,11 @@ def count_writes(srv: aiki.Server) -> tuple[Counter[str], list[RunOutcome]]:
     return writes, outcomes
 
 
+@aiki.task(name="quick")
+async def quick(ctx: aiki.TaskContext[Any]) -> str:
+    return "done"
+
+
 async def test_a_run_of_quick_tasks_writes_once_per_task_call_after_the_first(
     srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
 ) -> None:
@@ -70,10 +75,6 @@ async def test_a_task_end_is_written_soon_when_the_workflow_writes_nothing_more(
 ) -> None:
     gate = asyncio.Event()
 
-    @aiki.task(name="quick")
-    async def quick(ctx: aiki.TaskContext[Any]) -> str:
-        return "done"
-
     @aiki.workflow(name="dwells", version="1")
     async def dwells(workflow_run: aiki.WorkflowRun[Any]) -> str:
         result: str = await quick.run(workflow_run, payload={})
@@ -94,10 +95,6 @@ async def test_a_task_end_is_written_soon_when_the_workflow_writes_nothing_more(
 async def test_a_task_end_is_written_before_the_run_waits(
     srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
 ) -> None:
-    @aiki.task(name="quick")
-    async def quick(ctx: aiki.TaskContext[Any]) -> str:
-        return "done"
-
     @aiki.workflow(name="then-sleeps", version="1")
     async def then_sleeps(workflow_run: aiki.WorkflowRun[Any]) -> str:
         result: str = await quick.run(workflow_run, payload={})
