@@ -14,7 +14,7 @@ from aiki._core.states import RunState
 from aiki.server._timers import _IDLE_MS
 from aiki.testing import FakeClock, kill_worker
 from conftest import WorkerFactory
-from helpers import Calls, eventually, state_is
+from helpers import Calls, eventually, state_is, tasks_recorded
 
 LEASE = aiki.WorkflowRunConfig(heartbeat_interval_ms=1_000, lease_ms=3_000)
 
@@ -50,6 +50,7 @@ async def test_crashed_worker_run_is_finished_by_another(
     first = await make_worker(order, id="first", workflow_run=LEASE)
     handle = await order.enqueue(client)
     await started.wait()
+    await tasks_recorded(handle, 1)  # `charge`'s end, sent as `ship` began, is in storage
 
     await kill_worker(first)  # mid-task: `ship` never reports
     started.clear()
@@ -140,6 +141,9 @@ async def test_stale_worker_cannot_overwrite_the_new_owner(
     )
     handle = await order.enqueue(client)
     await started.wait()
+    # `charge`'s end, sent as `ship` began, is stored before the lease runs out: otherwise
+    # the paused worker's write of it fails, and it claims the run again itself.
+    await tasks_recorded(handle, 1)
 
     started.clear()
     await make_worker(order, id="new-owner", workflow_run=LEASE)
@@ -195,6 +199,7 @@ async def test_run_fails_after_max_recovery_attempts(tmp_path: Any, clock: FakeC
             await w.start()
             await started.wait()
             started.clear()
+            await tasks_recorded(handle, 1)
             await kill_worker(w)
             await clock.advance(3_001)
 

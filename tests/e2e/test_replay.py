@@ -165,6 +165,7 @@ async def test_changed_payload_is_a_divergence_even_if_caught(
     first = await make_worker(swallow, workflow_run=LEASE)
     handle = await swallow.enqueue(client)
     await parked.wait()
+    await tasks_recorded(handle, 2)
     await kill_worker(first)
     payload = "y"  # the deploy changed the first call's payload
     await make_worker(swallow, workflow_run=LEASE)

@@ -4,16 +4,21 @@ A lost lease, or a write that could not be made, stops the run on this worker fo
 whatever the workflow catches: its lease then expires and another worker (or this one)
 resumes it from what storage holds.
 
-A quick task's completed end is held, not awaited: it is sent when the run's next task call
-begins (before any new side effect, so a result is on its way to storage before anything that
-may depend on it happens), and the write goes while the next task runs. The run's end carries
-the ends held since (recorded in the same transaction), or they are sent after `_END_HOLD_S`.
-A run of quick tasks then waits for one write per task call after the first, not for two.
+A quick task's completed end is held, not awaited: the run's next write carries it. It is sent
+when the run's next task call begins, before that task can act on it: the send goes out as
+soon as the task first yields to the event loop, which it must do to touch anything outside
+(a sync task runs in a thread). A task that ends without yielding even once (a quick
+computation) did nothing meanwhile, so the send it let through has not begun: its end takes
+the earlier ones back, and they wait together for the run's next write. The run's end
+carries the ends held then (recorded in the same transaction); otherwise they are sent on
+their own once the first has waited `_END_HOLD_S`. A run of quick tasks then waits for no
+write but its end.
+
 Writes that must come after held ends wait for their answers. What changes is only this: a
-worker that dies with a task end on its way may have that task run again by the next owner,
-as if it had died a moment before the task returned. A recorded result is still never run
-again, and a lost lease is still found before anything of the run is accepted: every write
-is fenced by the lease's revision, and none goes after one that failed.
+worker that dies with task ends held or on their way may have those tasks run again by the
+next owner, as if it had died a moment before they returned. A recorded result is still
+never run again, and a lost lease is still found before anything of the run is accepted:
+every write is fenced by the lease's revision, and none goes after one that failed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ _log = logging.getLogger("aiki.worker")
 # How long a completed task's end waits at most for the run's next write to carry it: as long
 # as a task may run before its start is written on its own (see `aiki.worker._attempts`).
 _END_HOLD_S = 0.05
+# Held ends in one write at the most: a run of many quick tasks sends them in parts, each a
+# request the server takes (its body limit is a few payloads, not many).
+_MAX_HELD_ENDS = 64
 
 
 class RunWrites:
@@ -45,11 +53,14 @@ class RunWrites:
         "_cancel_requested",
         "_failed",
         "_held",
+        "_held_bytes",
+        "_held_since",
         "_hold_timer",
         "_last_send",
         "_lease",
         "_lease_lost",
         "_max_result_bytes",
+        "_unbegun",
     )
 
     def __init__(
@@ -67,9 +78,12 @@ class RunWrites:
         self._cancel_requested = cancel_requested
         self._max_result_bytes = max_result_bytes
         self._held: list[TaskEnd] = []
+        self._held_bytes = 0  # of the held ends' results
+        self._held_since = 0.0  # loop time the first of them was held
         self._hold_timer: asyncio.TimerHandle | None = None
         self._last_send: asyncio.Future[None] | None = None  # each send waits for the one before
         self._failed = False  # a write failed: nothing more goes
+        self._unbegun: _Unbegun | None = None  # the last send, while it has not begun
 
     async def start_task(self, start: TaskStart) -> None:
         await self.write_held()
@@ -87,24 +101,54 @@ class RunWrites:
         refusal must reach the task call, before the workflow has used the result.
         """
         assert end.outcome is TaskOutcome.COMPLETED
+        size = len(end.result_json or "")
         try:
             check_size(end.result_json or "", what="task result", limit=self._max_result_bytes)
         except PayloadError:
             return False
+        self._take_back()
+        if self._held and (
+            len(self._held) >= _MAX_HELD_ENDS or self._held_bytes + size > self._max_result_bytes
+        ):
+            self._send_now()  # this one would make the write too large: the others go first
+        if not self._held:
+            self._held_since = asyncio.get_running_loop().time()
         self._held.append(end)
-        if self._hold_timer is None:
-            loop = asyncio.get_running_loop()
-            self._hold_timer = loop.call_later(_END_HOLD_S, self._write_held_late)
+        self._held_bytes += size
+        self._arm_hold_timer()
         return True
 
     def send_held(self) -> None:
-        """Send the held task ends now, without waiting for their answers."""
+        """Send the held task ends as the run's next task call begins; answers not awaited.
+
+        Until the event loop runs the send, a task end held next may take them back.
+        """
+        since = self._held_since
         ends = self._take()
         if ends:
-            self._chain(ends)
+            previous = self._last_send
+            self._unbegun = _Unbegun(self._chain(ends), previous, ends, since)
+
+    def _take_back(self) -> None:
+        """Hold again the ends of the last send if it has not begun: nothing happened since."""
+        unbegun, self._unbegun = self._unbegun, None
+        if unbegun is None or unbegun.send.done():
+            return
+        unbegun.send.cancel()  # not begun: its coroutine never runs
+        self._last_send = unbegun.previous
+        self._held[:0] = unbegun.ends
+        self._held_bytes += sum(len(end.result_json or "") for end in unbegun.ends)
+        self._held_since = unbegun.since
+
+    def _arm_hold_timer(self) -> None:
+        if self._hold_timer is None:
+            loop = asyncio.get_running_loop()
+            due = self._held_since + _END_HOLD_S
+            self._hold_timer = loop.call_at(due, self._write_held_late)
 
     async def write_held(self) -> None:
         """Write the held task ends, and wait for the answers of all sent before."""
+        self._unbegun = None  # awaited here: it begins now
         ends = self._take()
         await (self._chain(ends) if ends else self._settled())
 
@@ -114,12 +158,14 @@ class RunWrites:
         Raises:
             LeaseLostError: one of them failed; the run is left to its lease.
         """
+        self._take_back()  # the run's end carries them instead
         ends = self._take()  # now: a late send must not take them while this waits
         await self._settled()
         return ends
 
     def drop_held(self) -> None:
         """The run leaves this worker without a word (lease lost, simulated crash)."""
+        self._unbegun = None
         self._take()
 
     def _take(self) -> tuple[TaskEnd, ...]:
@@ -128,13 +174,21 @@ class RunWrites:
             self._hold_timer = None
         ends = tuple(self._held)
         self._held.clear()
+        self._held_bytes = 0
         return ends
 
     def _write_held_late(self) -> None:
         # Nothing carried them in time (a long computation between tasks, a long wait for a
-        # slot): sent on their own, so that a crash now does not run those tasks again.
+        # slot): sent on their own, so that a crash now does not run those tasks again. Not
+        # to be taken back: a run of quick tasks would put it off again and again.
         self._hold_timer = None
-        self.send_held()
+        self._send_now()
+
+    def _send_now(self) -> None:
+        """Send the held ends, not to be taken back."""
+        ends = self._take()
+        if ends:
+            self._chain(ends)
 
     def _chain(self, ends: tuple[TaskEnd, ...]) -> asyncio.Future[None]:
         # Chained when sent, not when the send first runs: order is decided here and now.
@@ -153,6 +207,8 @@ class RunWrites:
     async def _write_after(
         self, previous: asyncio.Future[None] | None, ends: tuple[TaskEnd, ...]
     ) -> None:
+        if self._unbegun is not None and self._unbegun.ends is ends:
+            self._unbegun = None  # begun: these ends are on their way now
         if previous is not None:
             await asyncio.wait([previous])  # its failure is its own to report
         for end in ends:
@@ -193,6 +249,24 @@ class RunWrites:
             self._failed = True
             self._lease_lost()
             return None
+
+
+class _Unbegun:
+    """A send of held ends that the event loop has not run yet."""
+
+    __slots__ = ("ends", "previous", "send", "since")
+
+    def __init__(
+        self,
+        send: asyncio.Future[None],
+        previous: asyncio.Future[None] | None,
+        ends: tuple[TaskEnd, ...],
+        since: float,
+    ) -> None:
+        self.send = send
+        self.previous = previous
+        self.ends = ends
+        self.since = since
 
 
 def _read_outcome(send: asyncio.Future[None]) -> None:
