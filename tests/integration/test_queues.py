@@ -201,12 +201,11 @@ async def test_a_terminated_notify_connection_reconnects_and_says_news_may_be_mi
         assert b.listening.is_set()
 
 
-@pytest.mark.redis
 async def test_a_server_alone_on_its_channel_sends_nothing_until_another_says_hello(
-    redis: str,
+    queue_urls: tuple[str | None, str | None],
 ) -> None:
-    url = redis_queue_url(redis)
-    alone = open_queue(url, storage_url=None)
+    url, storage_url = queue_urls
+    alone = open_queue(url, storage_url=storage_url)
     assert isinstance(alone, Broadcast)
     published: list[str] = []
     publish = alone._publish
@@ -227,7 +226,7 @@ async def test_a_server_alone_on_its_channel_sends_nothing_until_another_says_he
             await until(lambda: not alone._pending, timeout=WAIT_S)
         assert len(published) == 1, "no news was sent while it was alone"
 
-        async with listening(url) as (_, newcomer_inbox):
+        async with listening(url, storage_url) as (_, newcomer_inbox):
             # The newcomer's hello reaches the first server, which speaks again at once.
             await asyncio.wait_for(alone.heard_others.wait(), WAIT_S)
             news = Announcement(ended=frozenset({RunId("for-the-newcomer")}))

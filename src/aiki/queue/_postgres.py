@@ -2,7 +2,9 @@
 
 One connection per server, apart from the storage pool: it LISTENs, and sends this server's
 NOTIFYs, each its own short transaction carrying everything announced since the last one (so
-many enqueues cost one NOTIFY, and NOTIFY's commit-time lock is taken rarely).
+many enqueues cost one NOTIFY, and NOTIFY's commit-time lock is taken rarely). Each NOTIFY
+also counts the servers' listening connections, known by their application name: a server
+that finds itself alone sends nothing for a while (see `aiki.queue._broadcast`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import asyncpg
 from aiki.queue._broadcast import Broadcast
 
 CHANNEL = "aiki_events"
+APPLICATION_NAME = "aiki-notify"
+# pg_stat_activity shows every session's database and application name to any role.
+_NOTIFY = """
+SELECT pg_notify($1, $2), (
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = $3
+)
+"""
 _CONNECT_TIMEOUT_S = 5.0
 # A silent connection may be dead (server restarted, backend terminated, network cut); a
 # query this often notices it.
@@ -35,8 +45,12 @@ class PostgresNotifyQueue(Broadcast):
         if conn is None or conn.is_closed():
             raise ConnectionError("not connected to PostgreSQL")
         async with self._lock:
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, message, timeout=_KEEPALIVE_S)
-        return None  # PostgreSQL does not say who listens
+            row = await conn.fetchrow(
+                _NOTIFY, CHANNEL, message, APPLICATION_NAME, timeout=_KEEPALIVE_S
+            )
+        assert row is not None
+        listeners: int = row[1]
+        return listeners
 
     async def _listen(
         self, on_message: Callable[[str], None], connected: Callable[[], None]
@@ -44,7 +58,7 @@ class PostgresNotifyQueue(Broadcast):
         conn = await asyncpg.connect(
             self._dsn,
             timeout=_CONNECT_TIMEOUT_S,
-            server_settings={"application_name": "aiki-notify"},
+            server_settings={"application_name": APPLICATION_NAME},
         )
         lost = asyncio.get_running_loop().create_future()
 
