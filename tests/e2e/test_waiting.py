@@ -7,8 +7,9 @@ from typing import Any
 
 import aiki
 from aiki.client._http import HttpApi
+from aiki.queue import Announcement
 from conftest import WorkerFactory
-from helpers import eventually
+from helpers import until
 
 
 class CountingReads:
@@ -51,16 +52,33 @@ async def test_a_waiter_gets_the_final_status_without_reading_it_back(
     reads = CountingReads(srv)
     waiters = [asyncio.ensure_future(handle.wait_for_completion(timeout=10)) for _ in range(3)]
 
-    # Over HTTP the three waits of one client share one request, which reads the run once.
-    expected_reads = 1 if isinstance(client.api, HttpApi) else 3
-
-    async def all_waiting() -> bool:
-        return reads.count >= expected_reads
-
-    await eventually(all_waiting)
+    # Over HTTP the three waits of one client share one request.
+    expected_waits = 1 if isinstance(client.api, HttpApi) else 3
+    await until(lambda: srv.service.parked_waits == expected_waits)
     release.set()
     assert await asyncio.gather(*waiters) == ["done"] * 3
-    assert reads.count == expected_reads, "each wait read the run once, before it ended"
+    # This server made the run and has not heard of its end: nothing to read first. Its end
+    # came with its final status.
+    assert reads.count == 0
+
+
+async def test_a_wait_reads_storage_first_once_news_may_have_been_missed(
+    srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    @aiki.workflow(name="at-once", version="1")
+    async def at_once(workflow_run: aiki.WorkflowRun[Any]) -> str:
+        return "done"
+
+    handle = await at_once.enqueue(client, allow_unknown=True)
+    # The queue was cut off: another server may have ended the run meanwhile.
+    srv.service.receive(Announcement(missed=True))
+    reads = CountingReads(srv)
+    waiter = asyncio.ensure_future(handle.wait_for_completion(timeout=10))
+    await until(lambda: srv.service.parked_waits == 1)
+    assert reads.count == 1
+    await make_worker(at_once)
+    assert await waiter == "done"
+    assert reads.count == 1
 
 
 async def test_a_worker_between_runs_does_not_claim_again_until_news_comes(

@@ -86,6 +86,22 @@ async def test_a_run_enqueued_on_one_server_reaches_a_worker_on_another(
     assert results == [f"hello {i}" for i in range(5)]
 
 
+async def test_a_run_that_ended_before_the_wait_is_found_on_another_server(
+    servers: tuple[aiki.Client, aiki.Client],
+) -> None:
+    """B did not make the run: it reads storage before it waits, and finds the end there."""
+    a, b = servers
+    worker = await slow_worker(a, greeting)
+    try:
+        handle = await greeting.enqueue(a, payload={"name": "early"})
+        assert await asyncio.wait_for(handle.wait_for_completion(), PROMPTLY_S) == "hello early"
+    finally:
+        await worker.stop()
+    # Announced on A long before; B's own news of it is beside the point.
+    late = b.get_handle(handle.id)
+    assert await asyncio.wait_for(late.wait_for_completion(), PROMPTLY_S) == "hello early"
+
+
 async def test_a_cancel_on_one_server_reaches_the_task_on_a_worker_of_another(
     servers: tuple[aiki.Client, aiki.Client],
 ) -> None:

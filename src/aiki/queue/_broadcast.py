@@ -41,6 +41,9 @@ _MAX_READY_BYTES = 2_000
 class Broadcast(abc.ABC):
     """A queue that publishes announcements to, and hears them from, a shared channel."""
 
+    # What is dropped on the way is reported: a reconnect delivers `missed`.
+    hears_every_end = True
+
     def __init__(self, description: str) -> None:
         self.description = description
         # Messages carry it so a server ignores its own (it woke its waiters already).

@@ -27,7 +27,9 @@ def open_queue(url: str | None, *, storage_url: str | None, notify: bool = True)
     if url is None or url == "storage":
         if notify and storage_url is not None and _is_postgres(storage_url):
             return _postgres_notify(storage_url)
-        return LocalQueue()
+        # SQLite is one server's own (its writes go through one process).
+        alone = storage_url is not None and storage_url.startswith("sqlite:")
+        return LocalQueue(alone=alone)
     if url.startswith(("redis://", "rediss://", "unix://")):
         return _redis(url)
     scheme = url.split(":", 1)[0] if ":" in url else url

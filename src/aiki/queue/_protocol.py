@@ -59,6 +59,15 @@ class Queue(Protocol):
         """What it is, for logs and `aiki server`'s banner (no secrets)."""
         ...
 
+    @property
+    def hears_every_end(self) -> bool:
+        """Whether every run end announced by a server of this storage reaches this one.
+
+        When news may have been dropped on the way, the queue delivers `missed`. True lets a
+        server wait for the end of a run it created without reading storage first.
+        """
+        ...
+
     async def open(self, deliver: Deliver) -> None:
         """Start listening; `deliver` is called with what other servers announce."""
         ...

@@ -92,6 +92,11 @@ class Service:
         # status never changes; an operation that ever takes a run out of a final state must
         # drop it from here (and tell the other servers).
         self._recent_final: OrderedDict[RunId, RunStatus] = OrderedDict()
+        # Runs created here whose end this server has not heard of: a wait for one need not
+        # read storage first, since its end, here or on another server, is news here.
+        # `_ends_heard` counts ends heard: one heard during an enqueue may be that run's.
+        self._unended: OrderedDict[RunId, None] = OrderedDict()
+        self._ends_heard = 0
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
@@ -138,9 +143,13 @@ class Service:
             new = replace(new, payload_json=encode(value, what=what, limit=None))
         elif not new.allow_unknown and key not in self._known:
             await self._served(key, allow_unknown=False)
+        ends_heard = self._ends_heard
         enqueued = await self._storage.enqueue(new)
         if enqueued.created:
-            key = WorkflowKey(name=new.workflow, version=new.version)
+            if self._queue.hears_every_end and self._ends_heard == ends_heard:
+                self._unended[enqueued.id] = None
+                if len(self._unended) > _RECENT_FINAL_RUNS:
+                    self._unended.popitem(last=False)
             self._announce(Announcement(ready=frozenset((key,))))
         return enqueued
 
@@ -206,17 +215,21 @@ class Service:
         recent = self._recent_final.get(run_id)
         if recent is not None:
             return recent
+        unended = run_id in self._unended
         while True:
             ticket = self._run_ended.ticket(run_id)
             try:
-                status = await self._storage.get_run(run_id)
-                if status is None:
-                    raise RunNotFoundError(run_id)
-                if status.state.is_final:
-                    return status
                 remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
-                if remaining <= 0 or self._closed:
-                    return status
+                if not unended or remaining <= 0 or self._closed:
+                    status = await self._storage.get_run(run_id)
+                    if status is None:
+                        raise RunNotFoundError(run_id)
+                    if status.state.is_final:
+                        return status
+                    remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
+                    if remaining <= 0 or self._closed:
+                        return status
+                unended = False  # after a wake-up without its end: read
                 self._parked_waits += 1
                 try:
                     await wait_any(
@@ -240,14 +253,18 @@ class Service:
         deadline = loop.time() + timeout_s
         # Tickets first, then one read for all: an end between the two is not missed.
         tickets = [self._run_ended.ticket(run_id) for run_id in ids]
+        unended = all(run_id in self._unended for run_id in ids)
         try:
             while True:
-                found = {status.id: status for status in await self._storage.get_runs(ids)}
-                missing = tuple(run_id for run_id in ids if run_id not in found)
-                ended = tuple(status for status in found.values() if status.state.is_final)
                 remaining = deadline - loop.time()
-                if ended or missing or remaining <= 0 or self._closed:
-                    return RunsEnded(ended=ended, missing=missing)
+                if not unended or remaining <= 0 or self._closed:
+                    found = {status.id: status for status in await self._storage.get_runs(ids)}
+                    missing = tuple(run_id for run_id in ids if run_id not in found)
+                    ended = tuple(status for status in found.values() if status.state.is_final)
+                    remaining = deadline - loop.time()
+                    if ended or missing or remaining <= 0 or self._closed:
+                        return RunsEnded(ended=ended, missing=missing)
+                unended = False  # after a wake-up without an end: read
                 self._parked_waits += len(ids)
                 try:
                     await wait_any(
@@ -482,8 +499,12 @@ class Service:
         for key in news.ready:
             self._ready.notify(key)
         for run_id in news.ended:
+            self._unended.pop(run_id, None)
             self._run_ended.notify(run_id)
+        self._ends_heard += len(news.ended)
         if news.missed:
+            self._unended.clear()
+            self._ends_heard += 1
             self._run_ended.notify_all()
         if news.cancels:
             self._note_cancels(news.cancels)
