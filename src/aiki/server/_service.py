@@ -151,6 +151,9 @@ class Service:
                 if len(self._unended) > _RECENT_FINAL_RUNS:
                     self._unended.popitem(last=False)
             self._announce(Announcement(ready=frozenset((key,))))
+            # One turn of the loop first: a worker's poll woken by the news claims the run
+            # (the path to its result) before this caller's reply is written.
+            await asyncio.sleep(0)
         return enqueued
 
     async def _served(self, key: WorkflowKey, *, allow_unknown: bool) -> ServedVersion | None:
@@ -441,6 +444,7 @@ class Service:
             addresses.add(end.address)
         self._keep_final(await self._retried(lease, lambda: self._storage.finish(lease, outcome)))
         self._announce(Announcement(ended=frozenset((lease.run_id,))))
+        await asyncio.sleep(0)  # the waiters' replies go before the worker's
 
     async def _retried(self, lease: Lease, write: Callable[[], Awaitable[T]]) -> T:
         """A worker's write to its run, made again after a storage error.

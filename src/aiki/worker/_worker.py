@@ -179,6 +179,10 @@ class Worker:
                     continue
                 failures = 0
                 self._take(reply)
+                if reply.claimed:
+                    # One turn of the loop first: the runs just launched make their first
+                    # writes (a quick run, its end) before the next poll goes out.
+                    await asyncio.sleep(0)
         finally:
             stopping.cancel()
             if poll is not None and not poll.done():
