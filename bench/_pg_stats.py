@@ -20,11 +20,13 @@ from aiki.storage.postgres import PostgresStorage
 
 READS = (
     "get_run",
+    "get_runs",
     "list_runs",
     "get_history",
     "list_workers",
     "list_workflows",
-    "workflow_versions",
+    "served_versions",
+    "next_event",
     "now_ms",
 )
 WRITES = (
@@ -34,6 +36,7 @@ WRITES = (
     "start_task",
     "finish_task",
     "suspend",
+    "send_event",
     "release",
     "finish",
     "cancel",
