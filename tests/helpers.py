@@ -63,3 +63,24 @@ async def tasks_recorded(handle: aiki.RunHandle[Any], tasks: int) -> None:
         return sum(e.kind.value == "task_completed" for e in history) >= tasks
 
     await eventually(recorded)
+
+
+class StorageCalls:
+    """Counts the calls of some of a storage's methods, passing them through, with their args."""
+
+    def __init__(self, storage: Any, *methods: str) -> None:
+        self.counts: Counter[str] = Counter()
+        self.args: dict[str, list[tuple[Any, ...]]] = {method: [] for method in methods}
+        for method in methods:
+            original = getattr(storage, method)
+
+            async def counted(*args: Any, _method: str = method, _original: Any = original) -> Any:
+                self.counts[_method] += 1
+                self.args[_method].append(args)
+                return await _original(*args)
+
+            setattr(storage, method, counted)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

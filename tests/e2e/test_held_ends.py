@@ -18,25 +18,17 @@ from aiki._core.models import RunOutcome
 from aiki.testing import FakeClock
 from aiki.worker import _writes
 from conftest import WorkerFactory
-from helpers import Calls, eventually, tasks_recorded
+from helpers import Calls, StorageCalls, eventually, tasks_recorded
 
 
-def count_writes(srv: aiki.Server) -> tuple[Counter[str], list[RunOutcome]]:
-    """Count the storage's task and run writes; keep each run end's outcome."""
-    writes: Counter[str] = Counter()
-    outcomes: list[RunOutcome] = []
-    storage = srv.storage
-    for method in ("start_task", "finish_task", "finish"):
-        original = getattr(storage, method)
+def count_writes(srv: aiki.Server) -> StorageCalls:
+    """Count the storage's task and run writes."""
+    return StorageCalls(srv.storage, "start_task", "finish_task", "finish")
 
-        async def counted(*args: Any, _method: str = method, _original: Any = original) -> Any:
-            writes[_method] += 1
-            if _method == "finish":
-                outcomes.append(args[1])
-            return await _original(*args)
 
-        setattr(storage, method, counted)
-    return writes, outcomes
+def run_ends(writes: StorageCalls) -> list[RunOutcome]:
+    """The outcome each run end written so far carried."""
+    return [args[1] for args in writes.args["finish"]]
 
 
 @aiki.task(name="quick")
@@ -58,15 +50,15 @@ async def test_a_run_of_quick_tasks_writes_once(
     async def three_steps(workflow_run: aiki.WorkflowRun[Any]) -> list[int]:
         return [await step.run(workflow_run, payload=i) for i in range(3)]
 
-    writes, outcomes = count_writes(srv)
+    writes = count_writes(srv)
     await make_worker(three_steps)
     handle = await three_steps.enqueue(client)
 
     assert await handle.wait_for_completion(timeout=10) == [0, 10, 20]
     # No step yields to the event loop: each takes back the send its start let through, and
     # the three ends go with the run's end.
-    assert writes == Counter(finish=1)
-    (outcome,) = outcomes
+    assert writes.counts == Counter(finish=1)
+    (outcome,) = run_ends(writes)
     assert [end.result_json for end in outcome.task_ends] == ["0", "10", "20"]
     history = await handle.get_history()
     ends = [e for e in history if e.kind.value == "task_completed"]
@@ -92,15 +84,15 @@ async def test_a_task_end_is_sent_while_the_next_task_waits(
             await waits.run(workflow_run, payload={}),
         ]
 
-    writes, outcomes = count_writes(srv)
+    writes = count_writes(srv)
     await make_worker(quick_then_waits)
     handle = await quick_then_waits.enqueue(client)
 
     await tasks_recorded(handle, 1)  # while `waits` waits
     gate.set()
     assert await handle.wait_for_completion(timeout=10) == ["done", "waited"]
-    assert writes["finish_task"] == 1
-    assert [[end.address.task for end in o.task_ends] for o in outcomes] == [["waits"]]
+    assert writes.counts["finish_task"] == 1
+    assert [[end.address.task for end in o.task_ends] for o in run_ends(writes)] == [["waits"]]
 
 
 async def test_many_held_ends_are_written_in_parts(
@@ -116,14 +108,14 @@ async def test_many_held_ends_are_written_in_parts(
     async def many_steps(workflow_run: aiki.WorkflowRun[Any]) -> int:
         return sum([await numbered.run(workflow_run, payload=i) for i in range(count)])
 
-    writes, outcomes = count_writes(srv)
+    writes = count_writes(srv)
     await make_worker(many_steps)
     handle = await many_steps.enqueue(client)
 
     assert await handle.wait_for_completion(timeout=30) == sum(range(count))
     # Two full parts on their own; the rest with the run's end.
-    assert writes == Counter(finish_task=2 * _writes._MAX_HELD_ENDS, finish=1)
-    assert [end.result_json for end in outcomes[0].task_ends] == [
+    assert writes.counts == Counter(finish_task=2 * _writes._MAX_HELD_ENDS, finish=1)
+    assert [end.result_json for end in run_ends(writes)[0].task_ends] == [
         str(i) for i in range(2 * _writes._MAX_HELD_ENDS, count)
     ]
     history = await handle.get_history()
@@ -145,7 +137,7 @@ async def test_held_ends_stay_within_the_servers_result_limit(
     async with aiki.server(
         f"sqlite:///{tmp_path}/small.db", clock=clock, max_payload_bytes=1_000
     ) as small:
-        writes, outcomes = count_writes(small)
+        writes = count_writes(small)
         client = await aiki.create_client(server=small)
         worker = await aiki.worker(client, clock=clock, graceful_shutdown_timeout_ms=0)
         worker.registry.add(wordy_steps)
@@ -156,8 +148,8 @@ async def test_held_ends_stay_within_the_servers_result_limit(
         finally:
             await worker.stop()
     # Steps 0 and 1 go on their own as step 2 would overfill the write, 2 and 3 as 4 would.
-    assert writes == Counter(finish_task=4, finish=1)
-    assert [end.result_json for end in outcomes[0].task_ends] == [f'"{"4" * 400}"']
+    assert writes.counts == Counter(finish_task=4, finish=1)
+    assert [end.result_json for end in run_ends(writes)[0].task_ends] == [f'"{"4" * 400}"']
 
 
 async def test_a_task_end_is_written_soon_when_the_workflow_writes_nothing_more(
@@ -171,15 +163,15 @@ async def test_a_task_end_is_written_soon_when_the_workflow_writes_nothing_more(
         await gate.wait()  # the workflow's own code, taking its time: no write comes
         return result
 
-    writes, outcomes = count_writes(srv)
+    writes = count_writes(srv)
     await make_worker(dwells)
     handle = await dwells.enqueue(client)
 
     await tasks_recorded(handle, 1)  # on its own, while the workflow still runs
-    assert writes["finish_task"] == 1
+    assert writes.counts["finish_task"] == 1
     gate.set()
     assert await handle.wait_for_completion(timeout=10) == "done"
-    assert [o.task_ends for o in outcomes] == [()]
+    assert [o.task_ends for o in run_ends(writes)] == [()]
 
 
 async def test_a_task_end_is_written_before_the_run_waits(

@@ -9,27 +9,12 @@ import aiki
 from aiki.client._http import HttpApi
 from aiki.queue import Announcement
 from conftest import WorkerFactory
-from helpers import until
+from helpers import StorageCalls, until
 
 
-class CountingReads:
-    """Counts run reads (`get_run`, and `get_runs` of many) on a storage, passing them through."""
-
-    def __init__(self, srv: aiki.Server) -> None:
-        self.count = 0
-        storage = srv.storage
-        original_one, original_many = storage.get_run, storage.get_runs
-
-        async def get_run(run_id: Any) -> Any:
-            self.count += 1
-            return await original_one(run_id)
-
-        async def get_runs(run_ids: Any) -> Any:
-            self.count += 1
-            return await original_many(run_ids)
-
-        storage.get_run = get_run  # type: ignore[method-assign]
-        storage.get_runs = get_runs  # type: ignore[method-assign]
+def count_reads(srv: aiki.Server) -> StorageCalls:
+    """Count run reads: `get_run`, and `get_runs` of many."""
+    return StorageCalls(srv.storage, "get_run", "get_runs")
 
 
 async def test_a_waiter_gets_the_final_status_without_reading_it_back(
@@ -49,7 +34,7 @@ async def test_a_waiter_gets_the_final_status_without_reading_it_back(
 
     await make_worker(gated)
     handle = await gated.enqueue(client)
-    reads = CountingReads(srv)
+    reads = count_reads(srv)
     waiters = [asyncio.ensure_future(handle.wait_for_completion(timeout=10)) for _ in range(3)]
 
     # Over HTTP the three waits of one client share one request.
@@ -59,7 +44,7 @@ async def test_a_waiter_gets_the_final_status_without_reading_it_back(
     assert await asyncio.gather(*waiters) == ["done"] * 3
     # This server made the run and has not heard of its end: nothing to read first. Its end
     # came with its final status.
-    assert reads.count == 0
+    assert reads.total == 0
 
 
 async def test_a_wait_reads_storage_first_once_news_may_have_been_missed(
@@ -72,13 +57,13 @@ async def test_a_wait_reads_storage_first_once_news_may_have_been_missed(
     handle = await at_once.enqueue(client, allow_unknown=True)
     # The queue was cut off: another server may have ended the run meanwhile.
     srv.service.receive(Announcement(missed=True))
-    reads = CountingReads(srv)
+    reads = count_reads(srv)
     waiter = asyncio.ensure_future(handle.wait_for_completion(timeout=10))
     await until(lambda: srv.service.parked_waits == 1)
-    assert reads.count == 1
+    assert reads.total == 1
     await make_worker(at_once)
     assert await waiter == "done"
-    assert reads.count == 1
+    assert reads.total == 1
 
 
 async def test_a_worker_between_runs_does_not_claim_again_until_news_comes(

@@ -17,7 +17,7 @@ from aiki.client._http import HttpApi
 from aiki.client._waits import SharedWaits
 from aiki.examples import morning_routine
 from conftest import WorkerFactory
-from helpers import until
+from helpers import StorageCalls, until
 
 
 async def test_a_handle_keeps_the_end_of_its_run(
@@ -44,10 +44,7 @@ async def test_a_handle_keeps_the_end_of_its_run(
 
 
 async def test_waiting_on_runs_that_ended_here_reads_nothing_from_storage(
-    srv: aiki.Server,
-    client: aiki.Client,
-    make_worker: WorkerFactory,
-    monkeypatch: pytest.MonkeyPatch,
+    srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
 ) -> None:
     await make_worker(morning_routine)
     handles = [await morning_routine.enqueue(client, payload={"n": n}) for n in range(5)]
@@ -56,19 +53,11 @@ async def test_waiting_on_runs_that_ended_here_reads_nothing_from_storage(
         while not status.state.is_final:
             status = await srv.service.wait(handle.id, timeout_s=10)
 
-    reads: list[RunId] = []
-    storage = srv.service._storage  # the real storage, its reads counted
-    get_run = storage.get_run
-
-    async def counted(run_id: RunId) -> RunStatus | None:
-        reads.append(run_id)
-        return await get_run(run_id)
-
-    monkeypatch.setattr(storage, "get_run", counted)
+    reads = StorageCalls(srv.storage, "get_run", "get_runs")
     fresh = [client.get_handle(h.id) for h in handles]
     results = [await h.wait_for_completion(timeout=10) for h in fresh]
     assert results == [{"alarm_result": "Wake up!", "stretch_result": 300}] * 5
-    assert reads == []
+    assert reads.total == 0
 
 
 async def test_a_worker_asks_for_as_many_runs_as_it_has_free_slots(
@@ -113,30 +102,18 @@ async def test_many_waits_of_one_http_client_share_one_long_poll(srv: aiki.Serve
             await morning_routine.enqueue(client, payload={"n": n}, allow_unknown=True)
             for n in range(30)
         ]
-        reads: list[int] = []
-        get_run, get_runs = srv.storage.get_run, srv.storage.get_runs
-
-        async def read_one(run_id: RunId) -> RunStatus | None:
-            reads.append(1)
-            return await get_run(run_id)
-
-        async def read_many(run_ids: Sequence[RunId]) -> list[RunStatus]:
-            reads.append(len(run_ids))
-            return await get_runs(run_ids)
-
-        srv.storage.get_run = read_one  # type: ignore[method-assign]
-        srv.storage.get_runs = read_many  # type: ignore[method-assign]
+        reads = StorageCalls(srv.storage, "get_run", "get_runs")
         results = asyncio.gather(*(h.wait_for_completion(timeout=10) for h in handles))
         await until(lambda: len(asked) == 1 and srv.service.parked_waits == 30)
         assert asked == [30], "the 30 waits begun together went in one request"
         # Made here, their ends not heard of yet: nothing to read before the wait.
-        assert reads == []
+        assert reads.total == 0
         async with worker:
             assert await results == [{"alarm_result": "Wake up!", "stretch_result": 300}] * 30
         # Runs end one by one: each answer settles those ended and the rest wait again,
         # each request with one storage read at most.
         assert sum(asked) < 30 * 30
-        assert len(reads) <= len(asked)
+        assert reads.total <= len(asked)
         with pytest.raises(aiki.RunNotFoundError):
             await client.get_handle("no-such-run").wait_for_completion(timeout=1)
 

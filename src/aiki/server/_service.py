@@ -213,39 +213,22 @@ class Service:
         return [_with_note(r, workers) if r.state is RunState.PENDING else r for r in runs]
 
     async def wait(self, run_id: RunId, timeout_s: float | None) -> RunStatus:
+        """The run's status once it has ended, or as it is after `timeout_s` (None: no end)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        recent = self._recent_final.get(run_id)
-        if recent is not None:
-            return recent
-        unended = run_id in self._unended
         while True:
-            ticket = self._run_ended.ticket(run_id)
-            try:
-                remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
-                if not unended or remaining <= 0 or self._closed:
-                    status = await self._storage.get_run(run_id)
-                    if status is None:
-                        raise RunNotFoundError(run_id)
-                    if status.state.is_final:
-                        return status
-                    remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
-                    if remaining <= 0 or self._closed:
-                        return status
-                unended = False  # after a wake-up without its end: read
-                self._parked_waits += 1
-                try:
-                    await wait_any(
-                        [ticket, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S)
-                    )
-                finally:
-                    self._parked_waits -= 1
-                final = self._final.get(run_id)
-                if final is not None:
-                    return final
-            finally:
-                if not self._run_ended.release(run_id):
-                    self._final.pop(run_id, None)
+            remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
+            seen = await self.wait_any([run_id], max(remaining, 0.0))
+            if seen.ended:
+                return seen.ended[0]
+            if seen.missing:
+                raise RunNotFoundError(run_id)
+            if (deadline is not None and loop.time() >= deadline) or self._closed:
+                break
+        status = await self._storage.get_run(run_id)
+        if status is None:
+            raise RunNotFoundError(run_id)
+        return status
 
     async def wait_any(self, run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
         ids = list(dict.fromkeys(run_ids))
