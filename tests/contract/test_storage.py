@@ -402,6 +402,59 @@ async def test_claim_takes_oldest_first_up_to_limit(storage: Storage, clock: Fak
     assert await storage.claim(WORKER, [key], 10, LEASE_MS) == []
 
 
+async def test_a_run_created_claimed_is_what_enqueue_then_claim_store(
+    storage: Storage, clock: FakeClock
+) -> None:
+    key = fresh_key()
+    claimed = await storage.enqueue_claimed(new_run({"i": 1}, key=key), WORKER, LEASE_MS)
+
+    run = claimed.run
+    assert claimed.now_ms == clock.now_ms() and claimed.tasks == ()
+    assert claimed.revision == run.revision == 1
+    assert run.state is RunState.RUNNING and run.attempt == 1
+    assert run.worker_id == WORKER
+    assert run.lease_expires_at_ms == clock.now_ms() + LEASE_MS
+    assert run.created_at_ms == run.updated_at_ms == clock.now_ms()
+    assert run.payload == {"i": 1} and run.recovery_attempts == 0
+    assert await status(storage, run.id) == run
+    history = await storage.get_history(run.id)
+    assert kinds(history) == [EventKind.ENQUEUED, EventKind.CLAIMED]
+    assert [event.seq for event in history] == [1, 2]
+    assert [event.state for event in history] == [RunState.PENDING, RunState.RUNNING]
+    assert history[-1].data == {"worker_id": WORKER, "attempt": 1}
+    assert key.name in {w.name for w in await storage.list_workflows()}
+    assert await storage.claim(OTHER_WORKER, [key], 10, LEASE_MS) == []
+
+    # Its lease is like any claim's: kept by heartbeats, ended by the run's end.
+    lease = lease_of(claimed)
+    assert (await storage.heartbeat(WORKER, [lease], LEASE_MS)).lost == ()
+    await storage.finish_task(lease, task_end())
+    ended = await storage.finish(lease, RunOutcome(state=RunState.COMPLETED, result_json="7"))
+    assert ended.state is RunState.COMPLETED and ended.result == 7
+
+
+async def test_a_run_created_claimed_goes_back_when_its_lease_expires(
+    storage: Storage, clock: FakeClock
+) -> None:
+    key = fresh_key()
+    claimed = await storage.enqueue_claimed(new_run(key=key), WORKER, LEASE_MS)
+    await clock.advance(LEASE_MS)
+    assert (await storage.fire_timers(max_recovery_attempts=3)).expired == (claimed.run.id,)
+    again = await claim_only(storage, key, OTHER_WORKER)
+    assert again.run.id == claimed.run.id
+    assert again.run.attempt == 2 and again.run.recovery_attempts == 1
+
+
+async def test_a_run_with_an_idempotency_key_cannot_be_created_claimed(
+    storage: Storage,
+) -> None:
+    key = fresh_key()
+    with pytest.raises(ValueError, match="idempotency key 'k-1'"):
+        await storage.enqueue_claimed(new_run(key=key, idempotency_key="k-1"), WORKER, LEASE_MS)
+    assert await storage.claim(WORKER, [key], 10, LEASE_MS) == []
+    assert await storage.list_runs(workflow=key.name, state=None, after=None, limit=10) == []
+
+
 async def test_claim_only_takes_the_given_workflow_versions(storage: Storage) -> None:
     name = fresh_key().name
     v1, v2, v3 = (WorkflowKey(name=name, version=v) for v in ("1", "2", "3"))

@@ -98,6 +98,9 @@ class Service:
         self._unended: OrderedDict[RunId, None] = OrderedDict()
         self._ends_heard = 0
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
+        # Polls parked here with room for runs, longest waiting first: a new run goes to one
+        # of them in its enqueue's own transaction, with no claim of its own.
+        self._waiting_polls: dict[WorkerId, _WaitingPoll] = {}
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
         # Counts news of claimable runs. A worker whose last claim came back short, with no
@@ -144,17 +147,45 @@ class Service:
         elif not new.allow_unknown and key not in self._known:
             await self._served(key, allow_unknown=False)
         ends_heard = self._ends_heard
-        enqueued = await self._storage.enqueue(new)
+        poll = self._waiting_poll(key) if new.idempotency_key is None else None
+        if poll is not None:
+            enqueued = await self._enqueue_to(poll, new)
+        else:
+            enqueued = await self._storage.enqueue(new)
+            if enqueued.created:
+                self._announce(Announcement(ready=frozenset((key,))))
         if enqueued.created:
             if self._queue.hears_every_end and self._ends_heard == ends_heard:
                 self._unended[enqueued.id] = None
                 if len(self._unended) > _RECENT_FINAL_RUNS:
                     self._unended.popitem(last=False)
-            self._announce(Announcement(ready=frozenset((key,))))
-            # One turn of the loop first: a worker's poll woken by the news claims the run
-            # (the path to its result) before this caller's reply is written.
+            # One turn of the loop first: the worker's poll woken by the run (or the news of
+            # it) replies, or claims it, before this caller's reply is written.
             await asyncio.sleep(0)
         return enqueued
+
+    def _waiting_poll(self, key: WorkflowKey) -> _WaitingPoll | None:
+        """A parked poll of a worker serving `key`, taken: it is handed one run, no more.
+
+        Its worker asks again at once, and a claim then takes whatever else came meanwhile.
+        """
+        for worker, poll in self._waiting_polls.items():
+            if key in poll.workflows and not poll.woken:
+                del self._waiting_polls[worker]
+                return poll
+        return None
+
+    async def _enqueue_to(self, poll: _WaitingPoll, new: NewRun) -> Enqueued:
+        """Create the run claimed by the worker of `poll`, and hand it to that poll."""
+        claimed = await self._storage.enqueue_claimed(new, poll.worker_id, poll.lease_ms)
+        if not poll.left:
+            poll.handed = claimed
+            self._worker_notices.notify(poll.worker_id)
+        else:
+            # The poll went away meanwhile (it timed out, or its worker is stopping): the run
+            # is handed back at once, to be claimed like any other.
+            await self._release(claimed)
+        return Enqueued(id=claimed.run.id, created=True)
 
     async def _served(self, key: WorkflowKey, *, allow_unknown: bool) -> ServedVersion | None:
         """The version as its workers last registered it; None if none has, and that is allowed.
@@ -334,11 +365,28 @@ class Service:
                         max_payload_bytes=self._settings.max_payload_bytes,
                     )
                 tickets.append(self._closing.ticket())
+                waiting = _WaitingPoll(request, tickets) if request.capacity > 0 else None
+                if waiting is not None:
+                    self._waiting_polls[worker] = waiting
                 self._parked_polls += 1
                 try:
                     await wait_any(tickets, min(remaining, request.recheck_ms / 1000))
+                except BaseException:  # the poll was abandoned: nobody takes its run
+                    if waiting is not None and waiting.handed is not None:
+                        self._spawn(self._release(waiting.handed))
+                    raise
                 finally:
                     self._parked_polls -= 1
+                    if waiting is not None:
+                        waiting.left = True
+                        if self._waiting_polls.get(worker) is waiting:
+                            del self._waiting_polls[worker]
+                if waiting is not None and waiting.handed is not None:
+                    return PollReply(
+                        claimed=(waiting.handed,),
+                        cancel_requested=tuple(self._cancel_notices.pop(worker, ())),
+                        max_payload_bytes=self._settings.max_payload_bytes,
+                    )
             finally:
                 self._worker_notices.release(worker)
                 for key in ready_keys:
@@ -370,8 +418,15 @@ class Service:
 
     async def _hand_back(self, claim: asyncio.Future[list[ClaimedRun]]) -> None:
         for claimed in await claim:
-            await self._storage.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
-        self._announce(Announcement(ready_all=True))
+            await self._release(claimed)
+
+    async def _release(self, claimed: ClaimedRun) -> None:
+        """Hand back a run claimed for a worker that will not get it."""
+        await self._storage.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
+        run = claimed.run
+        self._announce(
+            Announcement(ready=frozenset((WorkflowKey(name=run.workflow, version=run.version),)))
+        )
 
     async def heartbeat(
         self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
@@ -538,6 +593,25 @@ class Service:
         """Finish background hand-backs."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+class _WaitingPoll:
+    """A worker's poll parked on this server with room for runs (see `Service.enqueue`)."""
+
+    __slots__ = ("handed", "lease_ms", "left", "tickets", "worker_id", "workflows")
+
+    def __init__(self, request: PollRequest, tickets: Sequence[asyncio.Future[None]]) -> None:
+        self.tickets = tickets  # what it waits for
+        self.worker_id = request.worker_id
+        self.workflows = frozenset(request.workflows)
+        self.lease_ms = request.lease_ms
+        self.handed: ClaimedRun | None = None  # the run created claimed for it, for its reply
+        self.left = False  # it has stopped waiting: a run made for it now is handed back
+
+    @property
+    def woken(self) -> bool:
+        """Woken by news, it is about to claim, or to reply: not one to hand a run to."""
+        return any(ticket.done() for ticket in self.tickets)
 
 
 def _with_note(status: RunStatus, workers: Sequence[WorkerInfo]) -> RunStatus:

@@ -82,6 +82,7 @@ from aiki.storage._records import (
 from aiki.storage._rules import (
     TimerPass,
     cancel_step,
+    check_claimable,
     check_event_accepted,
     check_refused,
     enqueued_before,
@@ -188,6 +189,28 @@ class PostgresOperations:
             existing = found
         # Payloads are stored as given (json, not jsonb): the text read back is the text sent.
         return enqueued_before(new, existing["id"], existing["payload"])
+
+    @_pooled
+    async def enqueue_claimed(
+        self, db: Pool, new: NewRun, worker_id: WorkerId, lease_ms: int
+    ) -> ClaimedRun:
+        """See `Storage.enqueue_claimed`."""
+        check_claimable(new)
+        row = await fetchrow(
+            db,
+            "enqueue_claimed",
+            now=self._now(),
+            id=new_run_id(),
+            workflow=new.workflow,
+            version=new.version,
+            payload=new.payload_json,
+            worker_id=worker_id,
+            lease_ms=lease_ms,
+        )
+        if row is None:
+            raise StorageError("PostgreSQL returned no row for enqueue_claimed")
+        run = run_from_row(row)
+        return ClaimedRun(run=run, revision=run.revision, now_ms=run.updated_at_ms)
 
     @_pooled
     async def get_run(self, db: Pool, run_id: RunId) -> RunStatus | None:

@@ -60,6 +60,17 @@ class Storage(Protocol):
         """
         ...
 
+    async def enqueue_claimed(self, new: NewRun, worker_id: WorkerId, lease_ms: int) -> ClaimedRun:
+        """Create a run already claimed by `worker_id`, as `enqueue` then `claim` would.
+
+        For a worker whose poll waits for work: the run goes to it in the enqueue's own
+        transaction. Its history shows it enqueued, then claimed.
+
+        Raises:
+            ValueError: `new` has an idempotency key (its run may exist: use `enqueue`).
+        """
+        ...
+
     async def get_run(self, run_id: RunId) -> RunStatus | None:
         """The run, or None if there is none with this id."""
         ...

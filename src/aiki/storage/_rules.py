@@ -137,6 +137,19 @@ def enqueued_before(new: NewRun, run_id: str, payload_json: str) -> Enqueued:
     return Enqueued(id=RunId(run_id), created=False)
 
 
+def check_claimable(new: NewRun) -> None:
+    """A run may be created claimed only without an idempotency key: one with it may exist.
+
+    Raises:
+        ValueError: `new` has an idempotency key.
+    """
+    if new.idempotency_key is not None:
+        raise ValueError(
+            f"a run of {new.workflow!r} with idempotency key {new.idempotency_key!r} cannot be "
+            "created claimed: enqueue it, then claim it"
+        )
+
+
 def event_sent_before(new: NewEvent, seq: int, data_json: str) -> EventSent:
     """The answer to an event whose idempotency key the run's event `seq` already used.
 

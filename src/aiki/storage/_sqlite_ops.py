@@ -62,6 +62,7 @@ from aiki.storage._rules import (
     ExpiredLease,
     TimerPass,
     cancel_step,
+    check_claimable,
     check_event_accepted,
     enqueued_before,
     event_sent_before,
@@ -161,6 +162,35 @@ class SqliteOperations:
         )
         append_event(conn, run_id, now, EventKind.ENQUEUED, RunState.PENDING)
         return Enqueued(id=run_id, created=True)
+
+    @_writes
+    def enqueue_claimed(
+        self, conn: sqlite3.Connection, new: NewRun, worker_id: WorkerId, lease_ms: int
+    ) -> ClaimedRun:
+        """See `Storage.enqueue_claimed`."""
+        check_claimable(new)
+        now = self._clock.now_ms()
+        run_id = new_run_id()
+        row = conn.execute(
+            Q["insert_claimed_run"],
+            {
+                "id": run_id,
+                "workflow": new.workflow,
+                "version": new.version,
+                "payload": new.payload_json,
+                "worker_id": worker_id,
+                "lease_expires_at": now + lease_ms,
+                "now": now,
+            },
+        ).fetchone()
+        conn.execute(
+            Q["insert_workflow"], {"name": new.workflow, "version": new.version, "now": now}
+        )
+        append_event(conn, run_id, now, EventKind.ENQUEUED, RunState.PENDING)
+        run = run_from_row(row)
+        data = {"worker_id": worker_id, "attempt": run.attempt}
+        append_event(conn, run_id, now, EventKind.CLAIMED, RunState.RUNNING, data)
+        return ClaimedRun(run=run, revision=run.revision, now_ms=now)
 
     @_reads
     def get_run(self, conn: sqlite3.Connection, run_id: RunId) -> RunStatus | None:

@@ -73,6 +73,33 @@ LEFT JOIN LATERAL (
       AND idempotency_key = req.idempotency_key
 ) AS existing ON true;
 
+-- name: enqueue_claimed
+-- A new run (no idempotency key) created already claimed by a worker whose poll waits for
+-- work: what `enqueue` and then `claim` would store, in one statement.
+WITH clock AS (SELECT aiki_now_ms(:now) AS now),
+inserted AS (
+    INSERT INTO runs (id, workflow, version, state, payload, attempt, revision, worker_id,
+                      lease_expires_at, last_seq, created_at, updated_at)
+    SELECT :id, :workflow, :version, 'running', :payload::json, 1, 1, :worker_id,
+           clock.now + :lease_ms, 2, clock.now, clock.now
+    FROM clock
+    RETURNING {run_columns}
+),
+known_workflow AS (
+    INSERT INTO workflows (name, version, first_seen)
+    SELECT workflow, version, created_at FROM inserted
+    ON CONFLICT DO NOTHING
+),
+event AS (
+    INSERT INTO history (run_id, seq, at, kind, state, data)
+    SELECT id, 1, created_at, 'run_enqueued', 'pending', NULL FROM inserted
+    UNION ALL
+    SELECT id, 2, created_at, 'run_claimed', 'running',
+           json_build_object('worker_id', worker_id, 'attempt', attempt)
+    FROM inserted
+)
+SELECT {run_columns} FROM inserted;
+
 -- name: get_history
 SELECT seq, at, kind, state, data FROM history WHERE run_id = :run_id ORDER BY seq;
 

@@ -27,6 +27,14 @@ WHERE workflow = :workflow AND version = :version AND idempotency_key = :idempot
 INSERT INTO runs (id, workflow, version, state, payload, idempotency_key, created_at, updated_at)
 VALUES (:id, :workflow, :version, 'pending', :payload, :idempotency_key, :now, :now);
 
+-- name: insert_claimed_run
+-- A new run already claimed (`claim_run` of a run just inserted).
+INSERT INTO runs (id, workflow, version, state, payload, attempt, revision, worker_id,
+                  lease_expires_at, created_at, updated_at)
+VALUES (:id, :workflow, :version, 'running', :payload, 1, 1, :worker_id, :lease_expires_at,
+        :now, :now)
+RETURNING {run_columns};
+
 -- name: insert_workflow
 INSERT OR IGNORE INTO workflows (name, version, first_seen) VALUES (:name, :version, :now);
 
