@@ -5,9 +5,11 @@ after the other. Each system and repetition runs in a fresh process (this script
 with `--child`) against a fresh database, created here and dropped afterwards. Two phases:
 
 - throughput: enqueue `--runs` runs, `--chunk` enqueue calls in flight, while the system
-  executes them; workflows/s = runs / (first enqueue call -> the last run's end as stamped in
-  storage). Over that phase: whole-machine CPU (/proc/stat: user+nice+system+irq+softirq), the
-  CPU of the system's own processes and of the PostgreSQL backends serving the bench database
+  executes them, then await every run's result as an application would; workflows/s = runs /
+  (first enqueue call -> the last run's end as stamped in storage), and "results in hand" =
+  runs / (first enqueue call -> the last result returned to this process). Over that phase:
+  whole-machine CPU (/proc/stat: user+nice+system+irq+softirq), the CPU of the system's own
+  processes and of the PostgreSQL backends serving the bench database
   (/proc/<pid>/stat), and the transactions the bench database committed or rolled back
   (pg_stat_database.xact_commit + xact_rollback);
 - latency: on the idle system, `--warmup` runs then `--latency-runs` runs one at a time,
@@ -126,6 +128,7 @@ class Driver:
     """What the phases need of one running system."""
 
     enqueue: Callable[[int], Awaitable[Any]]  # enqueue run i, return once it is stored
+    result: Callable[[Any], Awaitable[Any]]  # the result of an enqueued run, in hand
     run_one: Callable[[int], Awaitable[Any]]  # enqueue run i and wait for its result
     pids: list[int]  # the processes whose CPU is the system's (this one included)
     ended_sql: str  # count of ended runs of the throughput phase
@@ -169,15 +172,20 @@ async def dbos_system(args: Any, url: str, asynchronous: bool) -> AsyncIterator[
         async def enqueue(i: int) -> Any:
             return await queue.enqueue_async(async_workflow, i)
 
-        async def run_one(i: int) -> Any:
-            handle = await queue.enqueue_async(async_workflow, i)
+        async def result(handle: Any) -> Any:
             return await handle.get_result(polling_interval_sec=poll)
+
+        async def run_one(i: int) -> Any:
+            return await result(await enqueue(i))
 
     else:
         # DBOS's own async enqueue is a thread hop too; the loop's default pool has
         # min(32, CPUs + 4) threads.
         async def enqueue(i: int) -> Any:
             return await asyncio.to_thread(queue.enqueue, sync_workflow, i)
+
+        async def result(handle: Any) -> Any:
+            return await asyncio.to_thread(handle.get_result, polling_interval_sec=poll)
 
         async def run_one(i: int) -> Any:
             return await asyncio.to_thread(
@@ -189,6 +197,7 @@ async def dbos_system(args: Any, url: str, asynchronous: bool) -> AsyncIterator[
     try:
         yield Driver(
             enqueue=enqueue,
+            result=result,
             run_one=run_one,
             pids=[os.getpid()],
             ended_sql=f"SELECT count(*) FROM {table} WHERE {ended}",
@@ -216,12 +225,15 @@ def aiki_driver(client: aiki.Client, pids: list[int], settings: str, timeout: fl
     async def enqueue(i: int) -> Any:
         return await two_tasks.enqueue(client, payload={"i": i})
 
-    async def run_one(i: int) -> Any:
-        handle = await two_tasks.enqueue(client, payload={"i": i})
+    async def result(handle: Any) -> Any:
         return await handle.wait_for_completion(timeout=timeout)
+
+    async def run_one(i: int) -> Any:
+        return await result(await enqueue(i))
 
     return Driver(
         enqueue=enqueue,
+        result=result,
         run_one=run_one,
         pids=pids,
         ended_sql="SELECT count(*) FROM runs WHERE workflow = $1 "
@@ -241,7 +253,7 @@ async def embedded_system(args: Any, url: str) -> AsyncIterator[Driver]:
             client,
             id="bench-worker",
             max_concurrent_workflow_runs=args.aiki_concurrency,
-            workflow_run_subscriber=aiki.SubscriberConfig(max_batch_size=args.aiki_batch),
+            workflow_run_subscriber=aiki.SubscriberConfig(max_batch_size=args.aiki_batch or None),
         )
         worker.registry.add(two_tasks)
         await worker.start()
@@ -408,6 +420,7 @@ class RepResult:
     runs: int
     elapsed_s: float
     enqueue_s: float
+    in_hand_s: float  # first enqueue -> every result in the client's hand
     not_completed: int
     machine_cpu_s: float
     process_cpu_s: float
@@ -426,16 +439,22 @@ class RepResult:
         return self.runs / self.elapsed_s
 
 
-async def throughput(driver: Driver, observer: Observer, args: Any) -> tuple[float, float]:
-    """Enqueue every run and wait until all have ended: (first enqueue wall ms, enqueue s)."""
+async def throughput(driver: Driver, observer: Observer, args: Any) -> tuple[float, float, float]:
+    """Enqueue every run, then await every result, as an application would.
+
+    Returns: (first enqueue wall ms, enqueue s, first enqueue -> last result in hand s).
+    """
     first_ms = time.time() * 1000
+    handles: list[Any] = []
     for low in range(0, args.runs, args.chunk):
-        await asyncio.gather(
+        handles += await asyncio.gather(
             *(driver.enqueue(i) for i in range(low, min(low + args.chunk, args.runs)))
         )
     enqueue_s = time.time() - first_ms / 1000
-    await observer.wait_for(args.runs)
-    return first_ms, enqueue_s
+    await asyncio.gather(*(driver.result(handle) for handle in handles))
+    in_hand_s = time.time() - first_ms / 1000
+    await observer.wait_for(args.runs)  # every end stored: at once, the results are in hand
+    return first_ms, enqueue_s, in_hand_s
 
 
 async def latency(driver: Driver, args: Any) -> list[float]:
@@ -457,7 +476,7 @@ async def measure(args: Any, driver: Driver, admin: asyncpg.Connection) -> RepRe
         load = os.getloadavg()[0]
         xacts_before, read_before, idle_rate = await meter.idle_rate()
         before = await meter.snapshot()
-        first_ms, enqueue_s = await throughput(driver, observer, args)
+        first_ms, enqueue_s, in_hand_s = await throughput(driver, observer, args)
         after = await meter.snapshot()
         xacts_after, read_after = await meter.settled_transactions()
         # Only now, with the count read: these reads would be counted too.
@@ -476,6 +495,7 @@ async def measure(args: Any, driver: Driver, admin: asyncpg.Connection) -> RepRe
         runs=len(rows),
         elapsed_s=(max(ended for _, ended, _ in rows) - first_ms) / 1000,
         enqueue_s=enqueue_s,
+        in_hand_s=in_hand_s,
         not_completed=sum(1 for *_, completed in rows if not completed),
         machine_cpu_s=after.machine - before.machine,
         process_cpu_s=after.processes - before.processes,
@@ -630,6 +650,7 @@ def table_rows(summaries: list[Summary], base: Summary | None) -> list[tuple[str
     return [
         row("workflows/s (median)", lambda s: _fmt(s.wps, 0)),
         row("  each repetition", reps),
+        row("  results in hand, wf/s", lambda s: _fmt(s.median(_in_hand_per_s), 0)),
         row("  throughput vs DBOS", lambda s: _ratio(s.wps, bw)),
         row("CPU s / 1,000 wf: machine", lambda s: _fmt(s.machine_per_k, 2)),
         row("  system + its PG backends", lambda s: _fmt(s.own_per_k, 2)),
@@ -653,6 +674,10 @@ def table_rows(summaries: list[Summary], base: Summary | None) -> list[tuple[str
         row("runs not completed", not_completed),
         row("load average (1 min)", lambda s: _fmt(s.median(lambda r: r.load_average), 2)),
     ]
+
+
+def _in_hand_per_s(rep: RepResult) -> float:
+    return rep.runs / rep.in_hand_s
 
 
 def _xacts_per_run(rep: RepResult) -> float:
@@ -710,6 +735,18 @@ def print_aims(summaries: dict[str, Summary], base: Summary | None) -> None:
             ratio = service.wps / base.wps
             aim(f"{name} >= 5x DBOS throughput: {ratio:.1f}x", ratio >= 5)
         aim(f"{name} single-run p50 < 10 ms: {service.p50:.2f} ms", service.p50 < 10)
+    if embedded:
+        print("Aims of issue 10 (the service against embedded):")
+        aim(f"embedded single-run p50 < 4 ms: {embedded.p50:.2f} ms", embedded.p50 < 4)
+        for name in SERVICE_SYSTEMS:
+            service = summaries.get(name)
+            if service is None:
+                continue
+            ratio = service.wps / embedded.wps
+            aim(f"{name} >= 50% of embedded throughput: {ratio:.0%}", ratio >= 0.5)
+            cpu = service.own_per_k / embedded.own_per_k
+            aim(f"{name} system + PG CPU <= 2x embedded's: {cpu:.2f}x", cpu <= 2)
+            aim(f"{name} single-run p50 < 5 ms: {service.p50:.2f} ms", service.p50 < 5)
     for s in summaries.values():
         per_run = s.median(_xacts_per_run)
         aim(
@@ -856,7 +893,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="max_concurrent_workflow_runs (embedded) / --concurrency of each worker (service)",
     )
     ours.add_argument(
-        "--aiki-batch", type=int, default=100, help="embedded worker's max_batch_size"
+        "--aiki-batch",
+        type=int,
+        default=100,
+        help="embedded worker's max_batch_size (0: the default, as many as it has room for)",
     )
     ours.add_argument("--aiki-workers", type=int, default=1, help="aiki worker processes")
     # Set by the parent when it starts a repetition.
