@@ -98,6 +98,24 @@ async def test_a_parked_poll_is_handed_one_run_and_the_others_are_claimed(
     )
 
 
+async def test_runs_enqueued_together_are_stored_together_and_claimed(
+    srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
+) -> None:
+    for name in ("one", "two"):  # two idle workers: either could be handed a run
+        await make_worker(doubling, id=name, max_concurrent_workflow_runs=20)
+    await until(lambda: srv.service.parked_polls == 2)
+    writes = count_run_writes(srv)
+
+    handles = await asyncio.gather(*(doubling.enqueue(client, payload=i) for i in range(20)))
+
+    assert await asyncio.gather(*(h.wait_for_completion(timeout=10) for h in handles)) == [
+        2 * i for i in range(20)
+    ]
+    # The first finds the server idle and goes to a worker; the others meet in one batch.
+    assert writes.counts["enqueue_claimed"] == 1
+    assert writes.counts["enqueue"] >= 19
+
+
 async def test_a_run_handed_to_a_poll_that_has_left_goes_back_to_be_claimed(
     srv: aiki.Server, client: aiki.Client, make_worker: WorkerFactory
 ) -> None:

@@ -101,6 +101,7 @@ class Service:
         # Polls parked here with room for runs, longest waiting first: a new run goes to one
         # of them in its enqueue's own transaction, with no claim of its own.
         self._waiting_polls: dict[WorkerId, _WaitingPoll] = {}
+        self._enqueues = 0  # in flight now
         self._cancel_notices: dict[WorkerId, set[RunId]] = {}
         self._polled_at: dict[WorkerId, float] = {}  # loop time of each worker's last poll here
         # Counts news of claimable runs. A worker whose last claim came back short, with no
@@ -147,13 +148,20 @@ class Service:
         elif not new.allow_unknown and key not in self._known:
             await self._served(key, allow_unknown=False)
         ends_heard = self._ends_heard
-        poll = self._waiting_poll(key) if new.idempotency_key is None else None
-        if poll is not None:
-            enqueued = await self._enqueue_to(poll, new)
-        else:
-            enqueued = await self._storage.enqueue(new)
-            if enqueued.created:
-                self._announce(Announcement(ready=frozenset((key,))))
+        # Only an enqueue on its own: many at once are stored together in one batch, and the
+        # worker claims them together too.
+        alone = self._enqueues == 0 and new.idempotency_key is None
+        poll = self._waiting_poll(key) if alone else None
+        self._enqueues += 1
+        try:
+            if poll is not None:
+                enqueued = await self._enqueue_to(poll, new)
+            else:
+                enqueued = await self._storage.enqueue(new)
+                if enqueued.created:
+                    self._announce(Announcement(ready=frozenset((key,))))
+        finally:
+            self._enqueues -= 1
         if enqueued.created:
             if self._queue.hears_every_end and self._ends_heard == ends_heard:
                 self._unended[enqueued.id] = None
