@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,11 +23,14 @@ from aiki._core.models import (
     TaskStart,
     WorkflowKey,
 )
+from aiki._core.states import RunState
 from aiki._http.bodies import Report, ReportAnswer, ReportsBody, ReportsReply
 from aiki._http.codec import Codec, encode
 from aiki.client._http import HttpApi
 from aiki.client._reports import ReportBatcher
 from aiki.errors import LeaseLostError
+from aiki.testing import FakeClock
+from helpers import eventually
 
 BASE = "http://aiki.test"
 WORKER = WorkerId("w-batch")
@@ -194,3 +198,78 @@ async def test_a_failed_request_fails_every_report_in_it_and_later_ones_still_go
     assert [type(r) for r in results] == [aiki.ServerUnavailableError] * 2
     assert await batcher.submit(one) == ReportAnswer()
     await batcher.aclose()
+
+
+def _finish_with(result_json: str) -> Report:
+    return Report(
+        run_id="r", revision=1, finish=RunOutcome(state=RunState.COMPLETED, result_json=result_json)
+    )
+
+
+async def test_a_batch_holds_about_one_payload_of_results_and_one_report_at_least() -> None:
+    sent: list[int] = []
+    first_arrived, answer_first = asyncio.Event(), asyncio.Event()
+
+    async def send(reports: tuple[Report, ...]) -> tuple[ReportAnswer, ...]:
+        sent.append(len(reports))
+        if len(sent) == 1:
+            first_arrived.set()
+            await answer_first.wait()
+        return tuple(ReportAnswer() for _ in reports)
+
+    batcher = ReportBatcher(send, max_bytes=1_000)
+    first = asyncio.ensure_future(batcher.submit(_finish_with('"first"')))
+    await first_arrived.wait()
+    # While the first is out: 400, 400, 400, then one larger than the limit by itself.
+    sizes = [400, 400, 400, 1_500]
+    rest = [asyncio.ensure_future(batcher.submit(_finish_with("1" * n))) for n in sizes]
+    answer_first.set()
+    await asyncio.gather(first, *rest)
+    assert sent == [1, 2, 1, 1]
+    await batcher.aclose()
+
+
+async def test_many_large_results_at_once_reach_a_server_with_a_small_limit(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Each request of reports stays within the server's body limit: none is refused."""
+    gate = asyncio.Event()
+
+    @aiki.task(name="wordy")
+    async def wordy(ctx: aiki.TaskContext[int]) -> str:
+        await gate.wait()
+        return str(ctx.payload % 10) * 400
+
+    @aiki.workflow(name="wordy-run", version="1")
+    async def wordy_run(workflow_run: aiki.WorkflowRun[int]) -> str:
+        return await wordy.run(workflow_run, payload=workflow_run.payload)
+
+    runs = 150  # their ends at once: ~150 x 800 bytes, more than one body may hold (~70 KB)
+    async with aiki.server(
+        f"sqlite:///{tmp_path}/small.db", clock=clock, max_payload_bytes=1_000
+    ) as small:
+        transport = HttpxTransport(httpx.ASGITransport(app=small.app))
+        async with await aiki.create_client(url=BASE, _transport=transport) as client:
+            worker = await aiki.worker(
+                client,
+                clock=clock,
+                max_concurrent_workflow_runs=runs,
+                graceful_shutdown_timeout_ms=0,
+            )
+            worker.registry.add(wordy_run)
+            async with worker:
+                handles = [
+                    await wordy_run.enqueue(client, payload=i, allow_unknown=True)
+                    for i in range(runs)
+                ]
+
+                async def all_running() -> bool:
+                    page = await client.list_runs(state=aiki.RunState.RUNNING, limit=1000)
+                    return len(page) == runs
+
+                await eventually(all_running)
+                gate.set()
+                results = await asyncio.gather(
+                    *(h.wait_for_completion(timeout=30) for h in handles)
+                )
+    assert results == [str(i % 10) * 400 for i in range(runs)]

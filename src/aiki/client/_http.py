@@ -393,7 +393,7 @@ class HttpApi:
     async def poll(self, request: PollRequest) -> PollReply:
         """See `EngineApi.poll`. Cancelling it drops the connection: the server hands back."""
         wait_s = min(request.wait_ms / 1000, _LONG_POLL_S)
-        return await self._call(
+        reply = await self._call(
             _POLL_REPLY,
             "POST",
             "/v1/workers/poll",
@@ -401,6 +401,8 @@ class HttpApi:
             idempotent=False,  # a lost reply may hold claimed runs; their leases will expire
             read_timeout=wait_s + _LONG_POLL_GRACE_S,
         )
+        self._reports.max_bytes = reply.max_payload_bytes  # what one request of reports carries
+        return reply
 
     async def heartbeat(
         self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
