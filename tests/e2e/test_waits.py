@@ -16,6 +16,7 @@ from aiki._core.models import NewRun, PollReply, PollRequest, RunsEnded, RunStat
 from aiki.client._http import HttpApi
 from aiki.client._waits import SharedWaits
 from aiki.examples import morning_routine
+from aiki.server import _service
 from conftest import WorkerFactory
 from helpers import StorageCalls, until
 
@@ -136,3 +137,23 @@ async def test_wait_any_answers_with_the_runs_ended_and_the_ids_no_run_has(
     assert await client.api.wait_any([never.id], 0) == RunsEnded()
     with pytest.raises(aiki.RunNotFoundError):
         await client.get_handle("nope").wait_for_completion(timeout=0)
+
+
+async def test_a_wait_on_many_runs_answers_with_those_ending_together(
+    srv: aiki.Server, client: aiki.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One end is not answered on its own when others follow at once (a batch's commit)."""
+    monkeypatch.setattr(_service, "_WAIT_ANY_GATHER_S", 0.5)  # longer than two cancels take
+    handles = [
+        await morning_routine.enqueue(client, payload={"n": n}, allow_unknown=True)
+        for n in range(3)
+    ]
+    waiting = asyncio.ensure_future(srv.service.wait_any([h.id for h in handles], 30.0))
+    await until(lambda: srv.service.parked_waits == 3)
+
+    await handles[0].cancel("first")
+    await handles[1].cancel("second")
+
+    seen = await waiting
+    assert sorted(status.id for status in seen.ended) == sorted([handles[0].id, handles[1].id])
+    assert all(status.state is aiki.RunState.CANCELLED for status in seen.ended)

@@ -62,6 +62,8 @@ T = TypeVar("T")
 # While a long-poll waits, storage is read again this often even without a wake-up, so a
 # change made by another server process is seen even when the queue dropped the news.
 _WAIT_RECHECK_S = 5.0
+# A wait for many runs, when one has ended, waits this long for others before it answers.
+_WAIT_ANY_GATHER_S = 0.01
 # How many recently ended runs' final status are kept for `wait` (about 1 KiB each).
 _RECENT_FINAL_RUNS = 10_000
 # A worker that has not polled this server for so long is served by another one (or gone):
@@ -298,6 +300,12 @@ class Service:
                 finally:
                     self._parked_waits -= len(ids)
                 told = tuple(final for run_id in ids if (final := self._final.get(run_id)))
+                if told and len(told) < len(ids):
+                    # More of them may end in the next moments (under load, many at a time):
+                    # they go in this answer, rather than each in an answer of its own, after
+                    # which the client asks again for all the rest.
+                    await asyncio.sleep(_WAIT_ANY_GATHER_S)
+                    told = tuple(final for run_id in ids if (final := self._final.get(run_id)))
                 if told:
                     return RunsEnded(ended=told)
                 # Woken by a missed-news notice, the recheck time or the closing: read again.
