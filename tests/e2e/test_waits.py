@@ -16,7 +16,7 @@ from aiki._core.models import NewRun, PollReply, PollRequest, RunsEnded, RunStat
 from aiki.client._http import HttpApi
 from aiki.client._waits import SharedWaits
 from aiki.examples import morning_routine
-from aiki.server import _service
+from aiki.server import _run_ends
 from conftest import WorkerFactory
 from helpers import StorageCalls, until
 
@@ -143,7 +143,7 @@ async def test_a_wait_on_many_runs_answers_with_those_ending_together(
     srv: aiki.Server, client: aiki.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One end is not answered on its own when others follow at once (a batch's commit)."""
-    monkeypatch.setattr(_service, "_WAIT_ANY_GATHER_S", 0.5)  # longer than two cancels take
+    monkeypatch.setattr(_run_ends, "_WAIT_ANY_GATHER_S", 0.5)  # longer than two cancels take
     handles = [
         await morning_routine.enqueue(client, payload={"n": n}, allow_unknown=True)
         for n in range(3)

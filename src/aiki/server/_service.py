@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -52,20 +51,14 @@ from aiki.errors import (
 )
 from aiki.queue import Announcement, LocalQueue, Queue
 from aiki.server._payload_schemas import check_payload
-from aiki.server._signals import KeyedSignal, Signal, wait_any
+from aiki.server._run_ends import WAIT_RECHECK_S, RunEnds
+from aiki.server._signals import KeyedSignal, Shutdown, Signal, wait_any
 from aiki.storage import Storage
 
 _log = logging.getLogger("aiki.server")
 
 T = TypeVar("T")
 
-# While a long-poll waits, storage is read again this often even without a wake-up, so a
-# change made by another server process is seen even when the queue dropped the news.
-_WAIT_RECHECK_S = 5.0
-# A wait for many runs, when one has ended, waits this long for others before it answers.
-_WAIT_ANY_GATHER_S = 0.01
-# How many recently ended runs' final status are kept for `wait` (about 1 KiB each).
-_RECENT_FINAL_RUNS = 10_000
 # A worker that has not polled this server for so long is served by another one (or gone):
 # cancel requests for it, heard from other servers, are not kept here.
 _QUIET_WORKER_S = 300.0
@@ -85,20 +78,12 @@ class Service:
         self._ready: KeyedSignal[WorkflowKey] = KeyedSignal()  # runs of a version claimable
         self._ready_any = Signal()  # runs of any version may be claimable
         self._timers_changed = Signal()  # a new due time may be earlier than the timer loop knows
-        self._run_ended: KeyedSignal[RunId] = KeyedSignal()
-        # The final status of a run that ended on this server, kept while clients wait for
-        # it: they need not read it back from storage.
-        self._final: dict[RunId, RunStatus] = {}
-        # The final status of the runs that ended here most recently, oldest first: a client
-        # awaiting many handles of finished runs gets each without a storage read. A final
-        # status never changes; an operation that ever takes a run out of a final state must
-        # drop it from here (and tell the other servers).
-        self._recent_final: OrderedDict[RunId, RunStatus] = OrderedDict()
-        # Runs created here whose end this server has not heard of: a wait for one need not
-        # read storage first, since its end, here or on another server, is news here.
-        # `_ends_heard` counts ends heard: one heard during an enqueue may be that run's.
-        self._unended: OrderedDict[RunId, None] = OrderedDict()
-        self._ends_heard = 0
+        self._shutdown = Shutdown()  # long-polls return at once when the server shuts down
+        self._ends = RunEnds(
+            lambda ids: self._storage.get_runs(ids),  # looked up at each call
+            self._shutdown,
+            hears_every_end=self._queue.hears_every_end,
+        )
         self._worker_notices: KeyedSignal[WorkerId] = KeyedSignal()
         # Polls parked here with room for runs, longest waiting first: a new run goes to one
         # of them in its enqueue's own transaction, with no claim of its own.
@@ -112,12 +97,9 @@ class Service:
         # worker -> (`_ready_news` before that claim, the workflows it claimed for)
         self._drained: dict[WorkerId, tuple[int, tuple[WorkflowKey, ...]]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._closing = Signal()  # long-polls return at once when the server shuts down
-        self._closed = False
         # Long-polls waiting for news right now: tests wait on these instead of guessing how
         # long a request takes to reach its wait.
         self._parked_polls = 0
-        self._parked_waits = 0
         # Versions a worker has registered: once known, always known (registration is never
         # undone), so the SDK's enqueues of them need no read.
         self._known: set[WorkflowKey] = set()
@@ -130,7 +112,7 @@ class Service:
     @property
     def parked_waits(self) -> int:
         """Waits for a run's end (`RunHandle.wait_for_completion`) parked here, now."""
-        return self._parked_waits
+        return self._ends.parked
 
     # --- applications -------------------------------------------------------------------
 
@@ -149,7 +131,7 @@ class Service:
             new = replace(new, payload_json=encode(value, what=what, limit=None))
         elif not new.allow_unknown and key not in self._known:
             await self._served(key, allow_unknown=False)
-        ends_heard = self._ends_heard
+        mark = self._ends.mark()
         # Only an enqueue on its own: many at once are stored together in one batch, and the
         # worker claims them together too.
         alone = self._enqueues == 0 and new.idempotency_key is None
@@ -165,10 +147,7 @@ class Service:
         finally:
             self._enqueues -= 1
         if enqueued.created:
-            if self._queue.hears_every_end and self._ends_heard == ends_heard:
-                self._unended[enqueued.id] = None
-                if len(self._unended) > _RECENT_FINAL_RUNS:
-                    self._unended.popitem(last=False)
+            self._ends.made(enqueued.id, mark)
             # One turn of the loop first: the worker's poll woken by the run (or the news of
             # it) replies, or claims it, before this caller's reply is written.
             await asyncio.sleep(0)
@@ -258,13 +237,13 @@ class Service:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
-            remaining = _WAIT_RECHECK_S if deadline is None else deadline - loop.time()
+            remaining = WAIT_RECHECK_S if deadline is None else deadline - loop.time()
             seen = await self.wait_any([run_id], max(remaining, 0.0))
             if seen.ended:
                 return seen.ended[0]
             if seen.missing:
                 raise RunNotFoundError(run_id)
-            if (deadline is not None and loop.time() >= deadline) or self._closed:
+            if (deadline is not None and loop.time() >= deadline) or self._shutdown.closed:
                 break
         status = await self._storage.get_run(run_id)
         if status is None:
@@ -272,55 +251,12 @@ class Service:
         return status
 
     async def wait_any(self, run_ids: Sequence[RunId], timeout_s: float) -> RunsEnded:
-        ids = list(dict.fromkeys(run_ids))
-        recent = [status for run_id in ids if (status := self._recent_final.get(run_id))]
-        if recent:
-            return RunsEnded(ended=tuple(recent))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        # Tickets first, then one read for all: an end between the two is not missed.
-        tickets = [self._run_ended.ticket(run_id) for run_id in ids]
-        unended = all(run_id in self._unended for run_id in ids)
-        try:
-            while True:
-                remaining = deadline - loop.time()
-                if not unended or remaining <= 0 or self._closed:
-                    found = {status.id: status for status in await self._storage.get_runs(ids)}
-                    missing = tuple(run_id for run_id in ids if run_id not in found)
-                    ended = tuple(status for status in found.values() if status.state.is_final)
-                    remaining = deadline - loop.time()
-                    if ended or missing or remaining <= 0 or self._closed:
-                        return RunsEnded(ended=ended, missing=missing)
-                unended = False  # after a wake-up without an end: read
-                self._parked_waits += len(ids)
-                try:
-                    await wait_any(
-                        [*tickets, self._closing.ticket()], min(remaining, _WAIT_RECHECK_S)
-                    )
-                finally:
-                    self._parked_waits -= len(ids)
-                told = tuple(final for run_id in ids if (final := self._final.get(run_id)))
-                if told and len(told) < len(ids):
-                    # More of them may end in the next moments (under load, many at a time):
-                    # they go in this answer, rather than each in an answer of its own, after
-                    # which the client asks again for all the rest.
-                    await asyncio.sleep(_WAIT_ANY_GATHER_S)
-                    told = tuple(final for run_id in ids if (final := self._final.get(run_id)))
-                if told:
-                    return RunsEnded(ended=told)
-                # Woken by a missed-news notice, the recheck time or the closing: read again.
-                tickets = [self._run_ended.ticket(run_id) for run_id in ids]
-                for run_id in ids:
-                    self._run_ended.release(run_id)  # the new tickets hold each run once more
-        finally:
-            for run_id in ids:
-                if not self._run_ended.release(run_id):
-                    self._final.pop(run_id, None)
+        return await self._ends.wait_any(run_ids, timeout_s)
 
     async def cancel(self, run_id: RunId, reason: str | None) -> RunStatus:
         status = await self._storage.cancel(run_id, reason)
         if status.state.is_final:
-            self._keep_final(status)
+            self._ends.ended_here(status)
             self._announce(Announcement(ended=frozenset((run_id,))))
         elif status.cancel_requested and status.worker_id is not None:
             self._announce(Announcement(cancels=frozenset(((status.worker_id, run_id),))))
@@ -374,13 +310,13 @@ class Service:
                     claimed = []
                 cancels = tuple(self._cancel_notices.pop(worker, ()))
                 remaining = deadline - loop.time()
-                if claimed or cancels or remaining <= 0 or self._closed:
+                if claimed or cancels or remaining <= 0 or self._shutdown.closed:
                     return PollReply(
                         claimed=tuple(claimed),
                         cancel_requested=cancels,
                         max_payload_bytes=self._settings.max_payload_bytes,
                     )
-                tickets.append(self._closing.ticket())
+                tickets.append(self._shutdown.ticket())
                 waiting = _WaitingPoll(request, tickets) if request.capacity > 0 else None
                 if waiting is not None:
                     self._waiting_polls[worker] = waiting
@@ -438,11 +374,7 @@ class Service:
 
     async def _release(self, claimed: ClaimedRun) -> None:
         """Hand back a run claimed for a worker that will not get it."""
-        await self._storage.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
-        run = claimed.run
-        self._announce(
-            Announcement(ready=frozenset((WorkflowKey(name=run.workflow, version=run.version),)))
-        )
+        await self.release(Lease(run_id=claimed.run.id, revision=claimed.revision))
 
     async def heartbeat(
         self, worker_id: WorkerId, leases: Sequence[Lease], lease_ms: int
@@ -496,7 +428,9 @@ class Service:
                     field=f"outcome.task_ends[{i}]",
                 )
             addresses.add(end.address)
-        self._keep_final(await self._retried(lease, lambda: self._storage.finish(lease, outcome)))
+        self._ends.ended_here(
+            await self._retried(lease, lambda: self._storage.finish(lease, outcome))
+        )
         self._announce(Announcement(ended=frozenset((lease.run_id,))))
         await asyncio.sleep(0)  # the waiters' replies go before the worker's
 
@@ -515,13 +449,6 @@ class Service:
                 _log.warning("run %s: storage error (%s); writing again", lease.run_id, exc)
             await asyncio.sleep(delay_s)  # real time: a test's fake clock must not hold it
         return await write()
-
-    def _keep_final(self, status: RunStatus) -> None:
-        if self._run_ended.has_holders(status.id):
-            self._final[status.id] = status
-        self._recent_final[status.id] = status
-        if len(self._recent_final) > _RECENT_FINAL_RUNS:
-            self._recent_final.popitem(last=False)
 
     # --- timers -------------------------------------------------------------------------
 
@@ -556,14 +483,7 @@ class Service:
             self._ready_any.notify()
         for key in news.ready:
             self._ready.notify(key)
-        for run_id in news.ended:
-            self._unended.pop(run_id, None)
-            self._run_ended.notify(run_id)
-        self._ends_heard += len(news.ended)
-        if news.missed:
-            self._unended.clear()
-            self._ends_heard += 1
-            self._run_ended.notify_all()
+        self._ends.heard(news)
         if news.cancels:
             self._note_cancels(news.cancels)
 
@@ -594,7 +514,7 @@ class Service:
 
     def accept_long_polls(self) -> None:
         """Undo `begin_shutdown()` when a stopped server starts again."""
-        self._closed = False
+        self._shutdown.undo()
 
     def begin_shutdown(self) -> None:
         """Answer every long-poll now and every new one at once: the server is going away.
@@ -602,8 +522,7 @@ class Service:
         Clients and workers see an ordinary empty reply and ask again, reaching another server
         or this one once it is back.
         """
-        self._closed = True
-        self._closing.notify()
+        self._shutdown.begin()
 
     async def close(self) -> None:
         """Finish background hand-backs."""

@@ -75,6 +75,27 @@ class KeyedSignal(Generic[K]):
             signal.notify()
 
 
+class Shutdown:
+    """Whether the server is shutting down, and a ticket for when it begins to."""
+
+    __slots__ = ("_signal", "closed")
+
+    def __init__(self) -> None:
+        self._signal = Signal()
+        self.closed = False
+
+    def ticket(self) -> asyncio.Future[None]:
+        return self._signal.ticket()
+
+    def begin(self) -> None:
+        self.closed = True
+        self._signal.notify()
+
+    def undo(self) -> None:
+        """The server starts again."""
+        self.closed = False
+
+
 async def wait_any(futures: list[asyncio.Future[None]], timeout_s: float | None) -> None:
     """Return when one of `futures` is done or `timeout_s` (None: no limit) has passed.
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from aiki._core.api import EngineApi
@@ -251,22 +252,14 @@ class RunWrites:
             return None
 
 
+@dataclass(frozen=True, slots=True)
 class _Unbegun:
     """A send of held ends that the event loop has not run yet."""
 
-    __slots__ = ("ends", "previous", "send", "since")
-
-    def __init__(
-        self,
-        send: asyncio.Future[None],
-        previous: asyncio.Future[None] | None,
-        ends: tuple[TaskEnd, ...],
-        since: float,
-    ) -> None:
-        self.send = send
-        self.previous = previous
-        self.ends = ends
-        self.since = since
+    send: asyncio.Future[None]
+    previous: asyncio.Future[None] | None  # the send it waits for
+    ends: tuple[TaskEnd, ...]
+    since: float  # loop time the first of them was held
 
 
 def _read_outcome(send: asyncio.Future[None]) -> None:
